@@ -1,0 +1,3 @@
+"""deconvnet-attr: the Zeiler & Fergus (2013) toolkit as a Captum plugin."""
+
+__version__ = "0.1.0"
