@@ -1,0 +1,200 @@
+"""top_activations against a brute-force reference (full layer output, Python sorting)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from deconvnet_attr.mining import top_activations
+
+
+def small_cnn() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 3 * 3, 5),
+    ).eval()
+
+
+def dataset(n: int = 37) -> torch.Tensor:
+    """Random images; the first 37 have planted ties: duplicates and a constant (all-tied) image."""
+    gen = torch.Generator().manual_seed(1)
+    images = torch.rand(max(n, 37), 1, 12, 12, generator=gen)
+    images[20] = images[4]  # identical image later in the data set: tie between images
+    images[9] = 0.5  # constant image: every unit of a map ties
+    images[30] = images[9]
+    return images[:n]
+
+
+def brute_force(outputs: np.ndarray, k: int, channels: list[int]):
+    """Per channel: each image's max unit (first in row-major order), sorted (-value, index)."""
+    n = outputs.shape[0]
+    values, indices, locations = [], [], []
+    for c in channels:
+        maps = outputs[:, c].reshape(n, -1)
+        rows = []
+        for i in range(n):
+            unit = int(np.argmax(maps[i]))  # numpy: first occurrence of the maximum
+            rows.append((-float(maps[i, unit]), i, unit))
+        rows.sort()
+        top = rows[:k]
+        values.append([-v for v, _, _ in top])
+        indices.append([i for _, i, _ in top])
+        shape = outputs.shape[2:]
+        locations.append([list(np.unravel_index(u, shape)) if shape else [] for _, _, u in top])
+    return (
+        torch.tensor(values),
+        torch.tensor(indices),
+        torch.tensor(locations, dtype=torch.long).reshape(len(channels), k, outputs.ndim - 2),
+    )
+
+
+def check(result, reference, channels):
+    values, indices, locations = reference
+    torch.testing.assert_close(result.values, values.float(), rtol=1e-5, atol=1e-6)
+    assert result.indices.tolist() == indices.tolist()
+    assert result.locations.tolist() == locations.tolist()
+    assert result.channels.tolist() == list(channels)
+
+
+@pytest.mark.parametrize("k", [1, 9])
+def test_tensor_input_matches_brute_force(k):
+    model, images = small_cnn(), dataset()
+    with torch.no_grad():
+        outputs = model[:5](images).numpy()
+    result = top_activations(model, model[4], images, k=k, batch_size=8, progress=False)
+    check(result, brute_force(outputs, k, list(range(6))), range(6))
+
+
+def test_ties_are_broken_by_position_then_row_major():
+    model, images = small_cnn(), dataset()
+    result = top_activations(model, model[4], images, k=37, batch_size=5, progress=False)
+    for c in range(6):
+        row = result.indices[c].tolist()
+        assert row.index(4) < row.index(20)  # identical images: smaller position first
+        assert row.index(9) < row.index(30)
+        j = row.index(9)
+        with torch.no_grad():
+            constant_map = model[:5](images[9:10])[0, result.channels[c]]
+        if torch.all(constant_map == constant_map[0, 0]):  # every unit ties: the first wins
+            assert result.locations[c, j].tolist() == [0, 0]
+
+
+def test_dataloader_input_and_channel_subset():
+    model, images = small_cnn(), dataset()
+    labels = torch.arange(len(images))
+    loader = DataLoader(TensorDataset(images, labels), batch_size=7)
+    channels = [5, 0, 3]
+    with torch.no_grad():
+        outputs = model[:5](images).numpy()
+    result = top_activations(model, "4", loader, k=4, channels=channels, progress=False)
+    check(result, brute_force(outputs, 4, channels), channels)
+    # plain-tensor batches (no labels) and a linear layer (no spatial dimensions)
+    result = top_activations(model, model[6], iter(images.split(6)), k=3, progress=False)
+    with torch.no_grad():
+        logits = model(images).numpy()
+    check(result, brute_force(logits, 3, list(range(5))), range(5))
+    assert result.locations.shape == (5, 3, 0)
+
+
+def test_fewer_images_than_k():
+    model, images = small_cnn(), dataset(5)
+    result = top_activations(model, model[4], images, k=9, progress=False)
+    assert result.values.shape == (6, 5)
+    assert sorted(result.indices[0].tolist()) == list(range(5))
+
+
+def test_bad_arguments_name_the_value():
+    model, images = small_cnn(), dataset(4)
+    with pytest.raises(ValueError, match="0"):
+        top_activations(model, model[4], images, k=0)
+    with pytest.raises(ValueError, match=r"\[6, -1\]"):
+        top_activations(model, model[4], images, channels=[1, 6, -1], progress=False)
+    with pytest.raises(ValueError, match="conv9"):
+        top_activations(model, "conv9", images)
+    with pytest.raises(ValueError, match="empty"):
+        top_activations(model, model[4], images[:0], progress=False)
+    with pytest.raises(TypeError, match="str"):
+        top_activations(model, model[4], ["not a tensor"], progress=False)
+
+
+def test_model_is_untouched():
+    model, images = small_cnn(), dataset(6)
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    top_activations(model, model[4], images, progress=False)
+    assert all(torch.equal(before[n], p) for n, p in model.state_dict().items())
+    assert not model.training
+    assert not model[4]._forward_hooks
+    assert all(p.grad is None for p in model.parameters())
+
+
+def _rank_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        model, images = small_cnn(), dataset()
+        from_tensor = top_activations(model, model[4], images, k=9, batch_size=4, progress=False)
+        loader = DataLoader(
+            TensorDataset(images, torch.zeros(len(images))),
+            batch_size=5,
+            sampler=DistributedSampler(TensorDataset(images), shuffle=True, seed=3),
+        )
+        from_loader = top_activations(
+            model, model[4], loader, k=40, channels=[2, 5], progress=False
+        )
+        try:
+            top_activations(model, model[4], iter(images.split(4)), progress=False)
+            error = ""
+        except ValueError as err:
+            error = str(err)
+        torch.save(
+            {"tensor": from_tensor, "loader": from_loader, "error": error},
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_gloo_merge_equals_single_process(tmp_path):
+    world = 2
+    mp.spawn(
+        _rank_main, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True
+    )
+    model, images = small_cnn(), dataset()
+    single = top_activations(model, model[4], images, k=9, progress=False)
+    single_subset = top_activations(model, model[4], images, k=40, channels=[2, 5], progress=False)
+    assert single_subset.indices.shape == (2, 37)
+    for rank in range(world):
+        merged = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        # 37 images on 2 ranks: the DistributedSampler pads with a repeat that must count once;
+        # k=40 keeps every image, so the repeat would show
+        for got, want in ((merged["tensor"], single), (merged["loader"], single_subset)):
+            torch.testing.assert_close(got.values, want.values)
+            assert torch.equal(got.indices, want.indices)
+            assert torch.equal(got.locations, want.locations)
+            assert torch.equal(got.channels, want.channels)
+        assert "DistributedSampler" in merged["error"] and "tuple_iterator" in merged["error"]
+
+
+def test_world_size_one_accepts_plain_iterables(tmp_path):
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1
+    )
+    try:
+        model, images = small_cnn(), dataset(8)
+        result = top_activations(model, model[4], iter(images.split(3)), k=2, progress=False)
+        assert result.indices.shape == (6, 2)
+    finally:
+        dist.destroy_process_group()
