@@ -1,0 +1,487 @@
+"""Whole-layer ablation: :class:`LayerAblation` (a Captum attribution) and ablation studies.
+
+Zeiler & Fergus (2013, Table 3) ask which layers carry a network's performance by removing
+them. Captum's ``LayerFeatureAblation`` ablates units *inside* one layer; here a whole layer
+(or a group of layers) is ablated by replacing its output in a forward hook with
+
+* a number — the output filled with that value (``0.0``: the layer's signal is cut),
+* ``"identity"`` — the layer's input passed through, i.e. the layer is removed (only for
+  layers whose input and output shapes match),
+* a callable ``output -> replacement`` of the same shape (e.g. a data-set mean activation).
+
+:class:`LayerAblation` measures per example how much the target output drops;
+:func:`ablation_study` measures top-k accuracy over a data set, intact and with each group
+of layers ablated; :func:`accuracy_table` does the same for separately (re)trained models,
+which is how the paper's Table 3 was made.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass
+
+import torch
+from captum._utils.common import (
+    ExpansionTypes,
+    _expand_additional_forward_args,
+    _expand_target,
+    _format_additional_forward_args,
+    _format_tensor_into_tuples,
+    _run_forward,
+)
+from captum._utils.typing import TargetType
+from captum.attr import PerturbationAttribution
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+Baseline = float | int | str | Callable[[Tensor], Tensor]
+LayerOrGroup = nn.Module | Sequence[nn.Module]
+
+__all__ = [
+    "AccuracyTable",
+    "LayerAblation",
+    "ablated",
+    "ablation_study",
+    "accuracy_table",
+    "iterate_batches",
+]
+
+
+def _check_baselines(baselines: object) -> None:
+    valid = (
+        baselines == "identity"
+        if isinstance(baselines, str)
+        else not isinstance(baselines, bool)
+        and (isinstance(baselines, int | float) or callable(baselines))
+    )
+    if not valid:
+        raise ValueError(
+            f"baselines must be a number, 'identity' or a callable output -> replacement; "
+            f"got {baselines!r}"
+        )
+
+
+def _as_group(entry: LayerOrGroup, where: str) -> tuple[nn.Module, ...]:
+    """One ablation = one module or a tuple/list of modules ablated together."""
+    group = (entry,) if isinstance(entry, nn.Module) else tuple(entry)
+    if not group or not all(isinstance(m, nn.Module) for m in group):
+        raise TypeError(f"{where} must be an nn.Module or a non-empty list of them; got {entry!r}")
+    return group
+
+
+def _names(model: object) -> dict[int, str]:
+    if not isinstance(model, nn.Module):
+        return {}
+    return {id(m): name or "<model>" for name, m in model.named_modules(remove_duplicate=False)}
+
+
+def _label(names: Mapping[int, str], module: nn.Module) -> str:
+    return names.get(id(module), type(module).__name__)
+
+
+class _Splice:
+    """Forward hooks that replace rows of some layers' outputs; removed on exit, also on error.
+
+    ``rows[module]`` lists the row slices (of the batch dimension) whose output that module
+    must have replaced; ``slice(None)`` ablates the whole batch. ``batch`` (if given) is the
+    expected leading size of every hooked output.
+    """
+
+    def __init__(
+        self,
+        rows: Mapping[nn.Module, list[slice]],
+        baselines: Baseline,
+        names: Mapping[int, str],
+        batch: int | None = None,
+    ) -> None:
+        self.rows, self.baselines, self.names, self.batch = rows, baselines, names, batch
+        self.called: set[int] = set()
+        self._saved: dict[int, list[Tensor]] = {}
+
+    def _pre_hook(self, module: nn.Module, args: tuple) -> None:
+        # "identity" needs the input as it was before the layer ran (in-place layers overwrite it)
+        name = _label(self.names, module)
+        if not args or not isinstance(args[0], Tensor):
+            raise ValueError(f"baselines='identity' needs a tensor input to layer {name!r}")
+        self._saved[id(module)] = [args[0][sl].clone() for sl in self.rows[module]]
+
+    def _hook(self, module: nn.Module, args: tuple, output: object) -> Tensor:
+        name = _label(self.names, module)
+        self.called.add(id(module))
+        if not isinstance(output, Tensor):
+            raise TypeError(
+                f"layer {name!r} returns {type(output).__name__}; layer ablation needs a tensor"
+            )
+        if self.batch is not None and (output.dim() == 0 or output.shape[0] != self.batch):
+            raise ValueError(
+                f"layer {name!r} output has shape {tuple(output.shape)}; expected the batch "
+                f"dimension first with size {self.batch}"
+            )
+        if isinstance(self.baselines, str) and args[0].shape != output.shape:
+            raise ValueError(
+                f"baselines='identity' removes layer {name!r}, but its input shape "
+                f"{tuple(args[0].shape)} differs from its output shape {tuple(output.shape)}"
+            )
+        spliced = output.clone()
+        for i, sl in enumerate(self.rows[module]):
+            if isinstance(self.baselines, str):
+                spliced[sl] = self._saved[id(module)][i]
+            elif callable(self.baselines):
+                part = output[sl]
+                replacement = self.baselines(part)
+                if not isinstance(replacement, Tensor) or replacement.shape != part.shape:
+                    got = (
+                        tuple(replacement.shape) if isinstance(replacement, Tensor) else replacement
+                    )
+                    raise ValueError(
+                        f"baselines callable must return a tensor of shape {tuple(part.shape)} "
+                        f"for layer {name!r}; got {got!r}"
+                    )
+                spliced[sl] = replacement
+            else:
+                spliced[sl] = self.baselines
+        return spliced
+
+    @contextmanager
+    def applied(self) -> Iterator[_Splice]:
+        handles = []
+        try:
+            for module in self.rows:
+                if isinstance(self.baselines, str):
+                    handles.append(module.register_forward_pre_hook(self._pre_hook))
+                handles.append(module.register_forward_hook(self._hook))
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+            self._saved.clear()
+
+    def check_called(self) -> None:
+        missing = [_label(self.names, m) for m in self.rows if id(m) not in self.called]
+        if missing:
+            raise ValueError(f"layers {missing} were not called during the forward pass")
+
+
+@contextmanager
+def ablated(
+    model: nn.Module, layers: LayerOrGroup, baselines: Baseline = 0.0
+) -> Iterator[nn.Module]:
+    """Context manager: inside it, ``model``'s ``layers`` are ablated for every example.
+
+    ``layers`` is one module or a list of modules of ``model``, ablated together;
+    ``baselines`` as in :meth:`LayerAblation.attribute`. Hooks are removed on exit (also on
+    error); nothing else about the model changes.
+
+    Example::
+
+        with ablated(model, [model.fc6, model.fc7], 0.0):
+            logits = model(images)
+    """
+    _check_baselines(baselines)
+    group = _as_group(layers, "layers")
+    names = _names(model)
+    _check_membership(model, group, names)
+    splice = _Splice({m: [slice(None)] for m in group}, baselines, names)
+    with splice.applied():
+        yield model
+
+
+def _check_membership(model: object, group: Iterable[nn.Module], names: Mapping[int, str]) -> None:
+    if not isinstance(model, nn.Module):
+        return
+    for module in group:
+        if id(module) not in names:
+            raise ValueError(f"layer {module!r} is not a submodule of the model")
+
+
+class LayerAblation(PerturbationAttribution):
+    r"""How much each layer contributes to the target output: intact minus ablated output.
+
+    For each example and each entry of ``layers``, the attribution is the target output of
+    the intact model minus the target output when that entry's output is replaced (see
+    ``baselines`` in :meth:`attribute`). An entry is one module or a list of modules ablated
+    together (e.g. ``[model.fc6, model.fc7]``). A module called several times in one forward
+    pass is ablated at every call.
+
+    Args:
+        forward_func (Callable or torch.nn.Module): the model or a function wrapping it; its
+            output, after target selection, must hold one value per example.
+        layers (list): modules of the model (or lists of modules), one attribution column each.
+    """
+
+    def __init__(self, forward_func: Callable, layers: Sequence[LayerOrGroup]) -> None:
+        PerturbationAttribution.__init__(self, forward_func)
+        if isinstance(layers, nn.Module) or not isinstance(layers, Sequence) or not layers:
+            raise TypeError(f"layers must be a non-empty list of modules; got {layers!r}")
+        self.layers = list(layers)
+        self._groups = [_as_group(entry, f"layers[{i}]") for i, entry in enumerate(layers)]
+        self._names = _names(forward_func)
+        _check_membership(forward_func, (m for g in self._groups for m in g), self._names)
+
+    def _target_output(
+        self, inputs: tuple[Tensor, ...], target: TargetType, args: tuple | None, rows: int
+    ) -> Tensor:
+        out = _run_forward(self.forward_func, inputs, target, args)
+        if out.numel() != rows:
+            raise ValueError(
+                f"forward_func output after target selection has shape {tuple(out.shape)}; "
+                f"LayerAblation needs one value per example ({rows}) - pass target"
+            )
+        return out.reshape(rows)
+
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        target: TargetType = None,
+        additional_forward_args: object | None = None,
+        baselines: Baseline = 0.0,
+        perturbations_per_eval: int = 1,
+        show_progress: bool = False,
+    ) -> Tensor:
+        r"""Ablate each entry of ``layers`` in turn and return the drop of the target output.
+
+        Args:
+            inputs (Tensor or tuple of Tensor): model inputs, batch dimension first (N, ...).
+            target (int, tuple, Tensor or list, optional): Captum's target convention — the
+                output index per example (an int for all, or N of them) selected from the
+                forward output. None if the output already holds one value per example.
+            additional_forward_args (Any, optional): extra forward arguments after
+                ``inputs`` (tensors among them are repeated along dim 0 for batching).
+            baselines (float, int, "identity" or Callable): the replacement of a layer's
+                output: a number fills it; ``"identity"`` passes the layer's input through
+                (the layer is removed; input and output shapes must match); a callable
+                receives the (N, ...) output of the layer for one ablation and returns a
+                tensor of the same shape.
+            perturbations_per_eval (int): how many entries of ``layers`` are ablated in one
+                forward pass (the batch is repeated that many times and each copy has a
+                different entry ablated). Results equal those of 1.
+            show_progress (bool): a tqdm progress bar over the forward passes.
+
+        Returns:
+            Tensor of shape (N, len(layers)): intact minus ablated target output.
+        """
+        _check_baselines(baselines)
+        if (
+            isinstance(perturbations_per_eval, bool)
+            or not isinstance(perturbations_per_eval, int)
+            or perturbations_per_eval < 1
+        ):
+            raise ValueError(
+                f"perturbations_per_eval must be an integer >= 1; got {perturbations_per_eval!r}"
+            )
+        inputs_t = _format_tensor_into_tuples(inputs)
+        args = _format_additional_forward_args(additional_forward_args)
+        n = inputs_t[0].shape[0]
+        columns = []
+        starts = range(0, len(self._groups), perturbations_per_eval)
+        with torch.no_grad():
+            intact = self._target_output(inputs_t, target, args, n)
+            for start in tqdm(starts, desc="LayerAblation", disable=not show_progress):
+                chunk = self._groups[start : start + perturbations_per_eval]
+                k = len(chunk)
+                rows: dict[nn.Module, list[slice]] = {}
+                for j, group in enumerate(chunk):
+                    for module in group:
+                        rows.setdefault(module, []).append(slice(j * n, (j + 1) * n))
+                splice = _Splice(rows, baselines, self._names, batch=n * k)
+                expanded = tuple(torch.cat([x] * k) for x in inputs_t)
+                with splice.applied():
+                    out = self._target_output(
+                        expanded,
+                        _expand_target(target, k, ExpansionTypes.repeat),
+                        _expand_additional_forward_args(args, k, ExpansionTypes.repeat),
+                        n * k,
+                    )
+                splice.check_called()
+                columns.append((intact.unsqueeze(0) - out.view(k, n)).T)
+        return torch.cat(columns, dim=1)
+
+
+@dataclass(frozen=True)
+class AccuracyTable:
+    """Top-k accuracies (in %) of several configurations on one data set.
+
+    ``rows`` is a list of ``(configuration, {k: accuracy_percent})``; the first row is the
+    reference (the intact model) that the "drop" columns are measured against.
+    """
+
+    rows: list[tuple[str, dict[int, float]]]
+    n_examples: int
+
+    @property
+    def topk(self) -> tuple[int, ...]:
+        return tuple(self.rows[0][1])
+
+    def _records(self) -> list[list[str]]:
+        reference = self.rows[0][1]
+        header = ["configuration"]
+        header += [f"top-{k} acc (%)" for k in self.topk]
+        header += [f"top-{k} drop (pp)" for k in self.topk]
+        body = [
+            [name]
+            + [f"{acc[k]:.2f}" for k in self.topk]
+            + [f"{reference[k] - acc[k]:.2f}" for k in self.topk]
+            for name, acc in self.rows
+        ]
+        return [header, *body]
+
+    def to_markdown(self) -> str:
+        """A GitHub markdown table: accuracy and drop (percentage points) per configuration."""
+        header, *body = self._records()
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in body]
+        return "\n".join(lines)
+
+    def to_csv(self) -> str:
+        """The same table as CSV text."""
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows(self._records())
+        return buffer.getvalue()
+
+
+def iterate_batches(
+    data: tuple[Tensor, Tensor] | Iterable[tuple[Tensor, Tensor]], batch_size: int = 256
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield ``(inputs, labels)`` batches from a ``(X, y)`` tensor pair or any batch iterable
+    (e.g. a ``DataLoader``)."""
+    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+        x, y = data
+        if len(x) != len(y):
+            raise ValueError(f"inputs and labels differ in length: {len(x)} vs {len(y)}")
+        for start in range(0, len(x), batch_size):
+            yield x[start : start + batch_size], y[start : start + batch_size]
+    else:
+        yield from data
+
+
+def _topk_hits(logits: Tensor, labels: Tensor, topk: Sequence[int]) -> dict[int, int]:
+    if max(topk) > logits.shape[1]:
+        raise ValueError(f"topk {tuple(topk)} exceeds the number of classes {logits.shape[1]}")
+    ranked = logits.topk(max(topk), dim=1).indices
+    hit = ranked == labels.to(ranked.device).unsqueeze(1)
+    return {k: int(hit[:, :k].any(dim=1).sum()) for k in topk}
+
+
+def _layer_means(
+    model: nn.Module, data: object, layers: Sequence[nn.Module], batch_size: int, device: object
+) -> dict[nn.Module, Tensor]:
+    """Mean output of each layer over the data set (mean over examples, all other dims kept)."""
+    sums: dict[nn.Module, Tensor] = {}
+    count = 0
+
+    def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+        total = output.double().sum(dim=0)
+        sums[module] = sums[module] + total if module in sums else total
+
+    handles = [m.register_forward_hook(hook) for m in dict.fromkeys(layers)]
+    try:
+        for x, _ in iterate_batches(data, batch_size):
+            model(x.to(device))
+            count += len(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {m: s / count for m, s in sums.items()}
+
+
+def ablation_study(
+    model: nn.Module,
+    data: tuple[Tensor, Tensor] | Iterable[tuple[Tensor, Tensor]],
+    groups: Mapping[str, LayerOrGroup],
+    baselines: Baseline = 0.0,
+    topk: Sequence[int] = (1, 5),
+    batch_size: int = 256,
+    show_progress: bool = False,
+) -> AccuracyTable:
+    """Top-k accuracy of ``model`` intact and with each group of layers ablated.
+
+    Args:
+        model: a classifier returning logits (N, classes); it is evaluated as it is (call
+            ``model.eval()`` first for dropout/batch-norm inference behaviour).
+        data: ``(inputs, labels)`` tensors or an iterable of such batches.
+        groups: configuration name -> module or list of modules ablated together, e.g.
+            ``{"fc6+fc7": [model.fc6, model.fc7]}``.
+        baselines: as in :meth:`LayerAblation.attribute`, or ``"mean"``: each layer's output
+            is replaced by its mean over ``data`` (mean ablation; one extra pass).
+        topk: the k of the top-k accuracies.
+        batch_size: used when ``data`` is a tensor pair.
+        show_progress: a tqdm bar over the batches.
+
+    Returns:
+        :class:`AccuracyTable` with rows "intact" and one per group, accuracies in %.
+    """
+    mean = isinstance(baselines, str) and baselines == "mean"
+    if not mean:
+        _check_baselines(baselines)
+    resolved = {name: _as_group(g, f"groups[{name!r}]") for name, g in groups.items()}
+    names = _names(model)
+    for group in resolved.values():
+        _check_membership(model, group, names)
+    if mean:
+        layers = [m for g in resolved.values() for m in g]
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            means = _layer_means(model, data, layers, batch_size, device)
+
+    def configuration(group: tuple[nn.Module, ...]) -> Callable[[], AbstractContextManager]:
+        if not mean:
+            return lambda: ablated(model, group, baselines)
+
+        def mean_ablated() -> ExitStack:
+            stack = ExitStack()
+            for m in group:
+                fill = means[m]
+                stack.enter_context(ablated(model, m, lambda out, f=fill: f.to(out).expand_as(out)))
+            return stack
+
+        return mean_ablated
+
+    configurations = {"intact": (model, nullcontext)}
+    configurations |= {name: (model, configuration(g)) for name, g in resolved.items()}
+    return _accuracies(configurations, data, topk, batch_size, show_progress)
+
+
+def accuracy_table(
+    models: Mapping[str, nn.Module],
+    data: tuple[Tensor, Tensor] | Iterable[tuple[Tensor, Tensor]],
+    topk: Sequence[int] = (1, 5),
+    batch_size: int = 256,
+    show_progress: bool = False,
+) -> AccuracyTable:
+    """Top-k accuracy of several models (e.g. intact and retrained variants) on one data set.
+
+    The first model is the reference for the "drop" columns. Data as in :func:`ablation_study`.
+    """
+    if not models:
+        raise ValueError("models is empty")
+    configurations = {name: (m, nullcontext) for name, m in models.items()}
+    return _accuracies(configurations, data, topk, batch_size, show_progress)
+
+
+def _accuracies(
+    configurations: Mapping[str, tuple[nn.Module, Callable[[], AbstractContextManager]]],
+    data: tuple[Tensor, Tensor] | Iterable[tuple[Tensor, Tensor]],
+    topk: Sequence[int],
+    batch_size: int,
+    show_progress: bool,
+) -> AccuracyTable:
+    """One pass over ``data``; each batch goes through every (model, context) configuration."""
+    hits = {name: dict.fromkeys(topk, 0) for name in configurations}
+    count = 0
+    batches = tqdm(iterate_batches(data, batch_size), desc="accuracy", disable=not show_progress)
+    with torch.no_grad():
+        for x, y in batches:
+            count += len(x)
+            for name, (model, context) in configurations.items():
+                device = next(model.parameters()).device
+                with context():
+                    logits = model(x.to(device))
+                for k, h in _topk_hits(logits, y, topk).items():
+                    hits[name][k] += h
+    if count == 0:
+        raise ValueError("data yielded no examples")
+    rows = [(name, {k: 100.0 * h / count for k, h in hk.items()}) for name, hk in hits.items()]
+    return AccuracyTable(rows, count)

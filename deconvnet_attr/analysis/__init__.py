@@ -1,0 +1,1 @@
+"""Paper analyses built on the attribution core (linear probe, invariance, ...)."""

@@ -1,0 +1,205 @@
+"""Linear probes: how well each layer's features alone classify (Zeiler & Fergus 2013, Table 7).
+
+The paper trains a linear SVM / softmax on the features of each layer of its ImageNet network
+and finds that higher layers generalise better. :func:`linear_probe` does the same for any
+model: one forward pass over each data set collects every probed layer's output (average-pooled
+to a small grid), then a standardised multinomial logistic regression is fitted per layer on the
+training features and scored on the test features.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..ablation import iterate_batches
+
+__all__ = ["ProbeTable", "fit_linear_probe", "layer_features", "linear_probe"]
+
+Data = tuple[Tensor, Tensor] | Iterable[tuple[Tensor, Tensor]]
+
+
+def _pool(output: Tensor, pool_size: int | None) -> Tensor:
+    """(N, C, H, W) / (N, C, L) -> average-pooled to pool_size per spatial dim; -> (N, features)."""
+    if pool_size is not None and output.dim() == 4:
+        output = F.adaptive_avg_pool2d(output, pool_size)
+    elif pool_size is not None and output.dim() == 3:
+        output = F.adaptive_avg_pool1d(output, pool_size)
+    return output.flatten(1)
+
+
+def _named_layers(
+    model: nn.Module, layers: Mapping[str, nn.Module] | Sequence[nn.Module]
+) -> dict[str, nn.Module]:
+    names = {id(m): name for name, m in model.named_modules()}
+    if isinstance(layers, Mapping):
+        named = dict(layers)
+    elif isinstance(layers, Sequence) and not isinstance(layers, nn.Module):
+        named = {names.get(id(m), f"layers[{i}]"): m for i, m in enumerate(layers)}
+    else:
+        raise TypeError(
+            f"layers must be a list of modules or a name -> module dict; got {layers!r}"
+        )
+    if not named:
+        raise ValueError("layers is empty")
+    for name, module in named.items():
+        if not isinstance(module, nn.Module) or id(module) not in names:
+            raise ValueError(f"layer {name!r} ({module!r}) is not a submodule of the model")
+    return named
+
+
+def layer_features(
+    model: nn.Module,
+    layers: Mapping[str, nn.Module] | Sequence[nn.Module],
+    data: Data,
+    pool_size: int | None = 2,
+    batch_size: int = 256,
+    show_progress: bool = False,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Pooled outputs of ``layers`` over ``data``, collected in one pass.
+
+    Args:
+        model: the network, run as it is (call ``model.eval()`` first).
+        layers: modules of ``model`` (named by their module path) or a name -> module dict.
+        data: ``(inputs, labels)`` tensors or an iterable of such batches.
+        pool_size: 4-D outputs (N, C, H, W) are average-pooled to (N, C, pool_size, pool_size),
+            3-D ones to (N, C, pool_size); None keeps the full output. Then flattened.
+        batch_size: used when ``data`` is a tensor pair.
+        show_progress: a tqdm bar over the batches.
+
+    Returns:
+        ``(features, labels)``: name -> float32 array (examples, features), and (examples,) labels.
+    """
+    if pool_size is not None and (not isinstance(pool_size, int) or pool_size < 1):
+        raise ValueError(f"pool_size must be a positive int or None; got {pool_size!r}")
+    named = _named_layers(model, layers)
+    device = next(model.parameters()).device
+    collected: dict[str, list[np.ndarray]] = {name: [] for name in named}
+    labels: list[np.ndarray] = []
+
+    def hook_for(name: str):
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            if not isinstance(output, Tensor):
+                raise TypeError(f"layer {name!r} returns {type(output).__name__}, not a tensor")
+            collected[name].append(_pool(output, pool_size).float().cpu().numpy())
+
+        return hook
+
+    handles = [m.register_forward_hook(hook_for(name)) for name, m in named.items()]
+    try:
+        with torch.no_grad():
+            batches = iterate_batches(data, batch_size)
+            for x, y in tqdm(batches, desc="features", disable=not show_progress):
+                model(x.to(device))
+                labels.append(np.asarray(y.cpu()))
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not labels:
+        raise ValueError("data yielded no examples")
+    n = sum(len(y) for y in labels)
+    features = {}
+    for name, parts in collected.items():
+        stacked = np.concatenate(parts) if parts else np.empty((0, 0), np.float32)
+        if len(stacked) != n:
+            raise ValueError(
+                f"layer {name!r} produced {len(stacked)} feature rows for {n} examples"
+            )
+        features[name] = stacked
+    return features, np.concatenate(labels)
+
+
+def fit_linear_probe(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    test_features: np.ndarray,
+    test_labels: np.ndarray,
+    C: float = 1.0,
+    max_iter: int = 1000,
+) -> tuple[float, float]:
+    """Fit standardisation + multinomial logistic regression; return (train, test) accuracy in %.
+
+    Features are arrays (examples, features); labels (examples,) integer classes.
+    """
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
+    probe.fit(train_features, train_labels)
+    train = 100.0 * probe.score(train_features, train_labels)
+    return train, 100.0 * probe.score(test_features, test_labels)
+
+
+@dataclass(frozen=True)
+class ProbeTable:
+    """Per-layer probe results: ``rows`` of (layer, feature count, train %, test %)."""
+
+    rows: list[tuple[str, int, float, float]]
+    n_train: int
+    n_test: int
+
+    def _records(self) -> list[list[str]]:
+        header = ["layer", "features", "train acc (%)", "test acc (%)"]
+        body = [[n, str(f), f"{tr:.2f}", f"{te:.2f}"] for n, f, tr, te in self.rows]
+        return [header, *body]
+
+    def to_markdown(self) -> str:
+        """A GitHub markdown table, one row per layer."""
+        header, *body = self._records()
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in body]
+        return "\n".join(lines)
+
+    def to_csv(self) -> str:
+        """The same table as CSV text."""
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows(self._records())
+        return buffer.getvalue()
+
+
+def linear_probe(
+    model: nn.Module,
+    layers: Mapping[str, nn.Module] | Sequence[nn.Module],
+    train_data: Data,
+    test_data: Data,
+    pool_size: int | None = 2,
+    C: float = 1.0,
+    max_iter: int = 1000,
+    batch_size: int = 256,
+    show_progress: bool = False,
+) -> ProbeTable:
+    """Test accuracy of a linear classifier on each layer's pooled features (paper Table 7).
+
+    Args:
+        model: the (frozen) network whose layers are probed; run as it is (``model.eval()``).
+        layers: modules of ``model`` or a name -> module dict; one table row each, in order.
+        train_data, test_data: ``(inputs, labels)`` tensors or iterables of such batches; the
+            labels may be a different task from the one the model was trained on.
+        pool_size: spatial average pooling of conv outputs, see :func:`layer_features`.
+        C: inverse L2 regularisation strength of the logistic regression.
+        max_iter: iteration limit of the lbfgs solver.
+        batch_size: used when the data are tensor pairs.
+        show_progress: tqdm bars over the feature passes.
+
+    Returns:
+        :class:`ProbeTable` with the feature count and train/test accuracy (%) per layer.
+    """
+    train_x, train_y = layer_features(
+        model, layers, train_data, pool_size, batch_size, show_progress
+    )
+    test_x, test_y = layer_features(model, layers, test_data, pool_size, batch_size, show_progress)
+    rows = []
+    for name in train_x:
+        train_acc, test_acc = fit_linear_probe(
+            train_x[name], train_y, test_x[name], test_y, C=C, max_iter=max_iter
+        )
+        rows.append((name, train_x[name].shape[1], train_acc, test_acc))
+    return ProbeTable(rows, len(train_y), len(test_y))
