@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -21,7 +22,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-__all__ = ["TopActivations", "top_activations", "project_top_activations", "resolve_layer"]
+__all__ = [
+    "TopActivations",
+    "project_top_activations",
+    "receptive_field_patches",
+    "resolve_layer",
+    "top_activations",
+]
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,14 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:
             names = [n for n, _ in model.named_modules() if n]
             raise ValueError(f"model has no submodule {layer!r}; available: {names}") from err
     raise TypeError(f"layer must be an nn.Module or a submodule name, got {type(layer).__name__}")
+
+
+class ReceptiveFieldLike(Protocol):
+    """What :func:`receptive_field_patches` needs of a receptive field: (height, width) pairs."""
+
+    size: tuple[int, int]
+    stride: tuple[int, int]
+    offset: tuple[int, int]
 
 
 class _StopForward(Exception):
@@ -366,3 +381,56 @@ def project_top_activations(
         raise ValueError("top holds no mined units to project")
     projections = torch.cat(pieces)
     return projections.reshape(num_channels, k, *projections.shape[1:])
+
+
+def receptive_field_patches(
+    images: Tensor, locations: Tensor, receptive_field: ReceptiveFieldLike, fill: float = 0.0
+) -> Tensor:
+    """Cut out of each image the receptive field of one unit of a layer's output map.
+
+    Args:
+        images: ``(M, C, H, W)`` — input images, or their projections.
+        locations: ``(M, 2)`` — (row, col) of the unit in the layer's output map, as in
+            :attr:`TopActivations.locations`.
+        receptive_field: the layer's receptive field, as returned by
+            :func:`deconvnet_attr.receptive_field`: ``.size``, ``.stride``, ``.offset``, each a
+            (height, width) pair; the unit at (i, j) sees rows ``offset[0] + i * stride[0]`` to
+            ``offset[0] + i * stride[0] + size[0] - 1``, likewise columns.
+        fill: value for the part of a field that lies outside the image (e.g. 0 for projections,
+            NaN for images so that it is drawn as background).
+
+    Returns:
+        ``(M, C, h, w)`` with ``h = size[0]`` when the field is smaller than the image and
+        ``h = H`` (the whole image) otherwise; likewise ``w``.
+    """
+    if images.dim() != 4 or locations.shape != (images.shape[0], 2):
+        raise ValueError(
+            f"need images (M, C, H, W) and locations (M, 2), got {tuple(images.shape)} and "
+            f"{tuple(locations.shape)}"
+        )
+    height, width = images.shape[2:]
+    patches = images.new_full((*images.shape[:2], *_window(receptive_field, height, width)), fill)
+    for m, (i, j) in enumerate(locations.tolist()):
+        rows = _span(receptive_field, 0, i, height)
+        cols = _span(receptive_field, 1, j, width)
+        src_r, src_c = slice(max(rows[0], 0), min(rows[1], height)), slice(
+            max(cols[0], 0), min(cols[1], width)
+        )
+        dst_r = slice(src_r.start - rows[0], src_r.stop - rows[0])
+        dst_c = slice(src_c.start - cols[0], src_c.stop - cols[0])
+        patches[m, :, dst_r, dst_c] = images[m, :, src_r, src_c]
+    return patches
+
+
+def _window(receptive_field: ReceptiveFieldLike, height: int, width: int) -> tuple[int, int]:
+    size = receptive_field.size
+    return (min(int(size[0]), height), min(int(size[1]), width))
+
+
+def _span(field: ReceptiveFieldLike, dim: int, index: int, extent: int) -> tuple[int, int]:
+    """Half-open input range shown for unit ``index`` along ``dim``: its field, or the image."""
+    size = int(field.size[dim])
+    if size >= extent:
+        return 0, extent
+    start = int(field.offset[dim]) + index * int(field.stride[dim])
+    return start, start + size

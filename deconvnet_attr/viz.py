@@ -79,6 +79,7 @@ def _channels_last(images: Tensor, name: str) -> np.ndarray:
 
 
 def _show(ax, image: np.ndarray) -> None:
+    ax.set_axis_on()
     ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0.0, vmax=1.0,
               interpolation="nearest")
     ax.set_xticks([])
@@ -120,24 +121,31 @@ def plot_feature_grid(
     side = int(np.ceil(np.sqrt(k)))
     blocks = min(blocks_per_row, len(projections))
     block_rows = -(-len(projections) // blocks)
-    cell = 0.55
-    fig = Figure(figsize=(blocks * (2 * side + 1) * cell, block_rows * (side + 0.6) * cell + 0.4),
-                 layout="constrained")
-    outer = fig.add_gridspec(block_rows, blocks, wspace=0.06, hspace=0.06)
+    cell = 0.5
+    fig = Figure(
+        figsize=(blocks * (2 * side + 0.4) * cell + 0.2, block_rows * (side + 0.5) * cell + 0.4),
+        layout="constrained",
+    )
+    subfigs = np.atleast_2d(fig.subfigures(block_rows, blocks, wspace=0.02, hspace=0.02))
     for b, (proj, patch) in enumerate(zip(projections, patches, strict=True)):
         if len(proj) != len(patch):
             raise ValueError(f"channel block {b}: {len(proj)} projections but {len(patch)} patches")
-        sub = outer[b // blocks, b % blocks].subgridspec(side, 2 * side + 1, wspace=0.05,
-                                                         hspace=0.05)
+        sub = subfigs[b // blocks, b % blocks]
+        sub.set_edgecolor("0.75")
+        sub.set_linewidth(1.0)
+        axes = sub.subplots(side, 2 * side + 1, squeeze=False,
+                            gridspec_kw={"width_ratios": [1] * side + [0.3] + [1] * side})
+        for ax in axes.flat:
+            ax.set_axis_off()
         shown = contrast_stretch(proj, percentile), image_display(patch)
         for j in range(len(proj)):
             r, c = divmod(j, side)
-            _show(fig.add_subplot(sub[r, c]), shown[0][j])
-            _show(fig.add_subplot(sub[r, side + 1 + c]), shown[1][j])
+            _show(axes[r, c], shown[0][j])
+            _show(axes[r, side + 1 + c], shown[1][j])
         if labels is not None:
-            header = fig.add_subplot(sub[0, side])
-            header.set_axis_off()
-            header.set_title(labels[b], fontsize=8)
+            sub.suptitle(labels[b], fontsize=8)
+    for empty in subfigs.flat[len(projections):]:
+        empty.set_edgecolor("none")
     if title:
         fig.suptitle(title, fontsize=10)
     return fig

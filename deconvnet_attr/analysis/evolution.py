@@ -1,0 +1,100 @@
+"""Evolution of features during training (Zeiler & Fergus 2013, Fig. 4).
+
+For each training checkpoint, the strongest activation of each chosen channel over a data set is
+found (:func:`~deconvnet_attr.mining.top_activations` with ``k=1``) and projected to pixel space
+with the deconvnet. Read along a row of the figure, a feature sharpens as training goes on; the
+paper notes that lower layers converge within a few epochs and upper layers only after many.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from deconvnet_attr.mining import project_top_activations, top_activations
+
+__all__ = ["FeatureEvolution", "feature_evolution"]
+
+
+@dataclass(frozen=True)
+class FeatureEvolution:
+    """The strongest unit of each channel at each checkpoint and its projection.
+
+    Attributes:
+        epochs: ``(E,)`` the checkpoints' epochs, ascending.
+        channels: ``(C,)`` the channels followed.
+        values: ``(C, E)`` the strongest activation of the channel over the data set.
+        indices: ``(C, E)`` the data-set position of the image holding it.
+        locations: ``(C, E, S)`` its position in the layer's output map.
+        projections: ``(C, E, *input_shape)`` its deconvnet projection.
+    """
+
+    epochs: Tensor
+    channels: Tensor
+    values: Tensor
+    indices: Tensor
+    locations: Tensor
+    projections: Tensor
+
+
+def feature_evolution(
+    checkpoints: Mapping[int, nn.Module],
+    layer: str,
+    data: Tensor | Dataset | DataLoader,
+    channels: Sequence[int] | Tensor | None = None,
+    *,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> FeatureEvolution:
+    """Follow the strongest activation of ``channels`` of ``layer`` across training checkpoints.
+
+    Args:
+        checkpoints: ``{epoch: model}`` — the same architecture at several epochs (e.g.
+            :func:`deconvnet_attr.models.load_checkpoints`), each run as given (eval mode).
+        layer: the layer's name in every model (``"conv2"``), resolved per checkpoint.
+        data: inputs with random access: a tensor ``(N, ...)``, a map-style dataset or a
+            DataLoader over one (see :func:`~deconvnet_attr.mining.project_top_activations`).
+        channels: channels to follow (default: all).
+        batch_size: examples per forward pass while mining, seeds per projection batch.
+        progress: show progress bars.
+
+    Returns:
+        :class:`FeatureEvolution` with one column per checkpoint, in epoch order.
+    """
+    if not isinstance(layer, str):
+        raise TypeError(
+            f"layer must be a name valid in every checkpoint, got {type(layer).__name__}"
+        )
+    if not checkpoints:
+        raise ValueError("checkpoints is empty")
+    epochs = sorted(checkpoints)
+    mined = []
+    for epoch in epochs:
+        model = checkpoints[epoch]
+        top = top_activations(
+            model, layer, _mining_input(data, batch_size), k=1, channels=channels,
+            batch_size=batch_size, progress=progress,
+        )
+        projections = project_top_activations(
+            model, layer, data, top, batch_size=batch_size, progress=progress
+        )
+        mined.append((top, projections))
+    return FeatureEvolution(
+        epochs=torch.tensor(epochs),
+        channels=mined[0][0].channels,
+        values=torch.cat([top.values for top, _ in mined], dim=1),
+        indices=torch.cat([top.indices for top, _ in mined], dim=1),
+        locations=torch.cat([top.locations for top, _ in mined], dim=1),
+        projections=torch.cat([p for _, p in mined], dim=1),
+    )
+
+
+def _mining_input(data: Tensor | Dataset | DataLoader, batch_size: int) -> Tensor | Iterable:
+    """A tensor or DataLoader passes through; a map-style dataset is read in order."""
+    if isinstance(data, (Tensor, DataLoader)):
+        return data
+    return DataLoader(data, batch_size=batch_size)

@@ -1,0 +1,554 @@
+"""The offline HTML report: the paper's analyses for one model and one image set, one command.
+
+``deconvnet-attr report --out DIR`` runs every analysis on the bundled reference model and the
+bundled Fashion-MNIST evaluation subset (no network) and writes ``DIR/index.html``, each figure a
+PNG beside it and each table inline. The same command takes a user's own model (``--model``: a
+torchvision or timm architecture name or ``module:factory``, ``--weights``: a weights file),
+images (``--images``: an ImageFolder directory) and layers (``--layers``).
+
+The report is a list of independent section builders (:data:`SECTIONS`): each takes the
+:class:`ReportContext`, writes its figures and returns a :class:`Section` (or ``None`` when the
+analysis does not apply, e.g. no training checkpoints for the evolution figure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import importlib
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from tqdm.auto import tqdm
+
+from deconvnet_attr.mining import (
+    TopActivations,
+    project_top_activations,
+    receptive_field_patches,
+    top_activations,
+)
+
+__all__ = ["SECTIONS", "ReportContext", "Section", "build_report", "main", "parse_args"]
+
+
+@dataclass
+class Section:
+    """One part of the report: a title and its HTML body (figures referenced by file name)."""
+
+    title: str
+    body: str
+
+
+@dataclass
+class ReportContext:
+    """Everything the section builders share.
+
+    ``data`` is a map-style dataset of ``(image, label)`` pairs, images ``(C, H, W)`` in [0, 1]
+    (labels are -1 when unknown); ``layers`` are names of spatial layers of ``model`` analysed in
+    the per-layer sections; ``checkpoints`` maps an epoch to a model (training snapshots).
+    """
+
+    model: nn.Module
+    model_name: str
+    data: Dataset
+    data_name: str
+    layers: list[str]
+    out: Path
+    class_names: tuple[str, ...] | None = None
+    has_labels: bool = False
+    checkpoints: Mapping[int, nn.Module] | None = None
+    k: int = 9
+    channels: int = 16
+    batch_size: int = 64
+    progress: bool = True
+    quick: bool = False
+    command: str = ""
+    mined: dict[str, TopActivations] = field(default_factory=dict)
+
+    def loader(self) -> DataLoader:
+        """The data in order, in batches of ``batch_size``."""
+        return DataLoader(self.data, batch_size=self.batch_size)
+
+    def images(self, n: int | None = None) -> tuple[Tensor, Tensor]:
+        """The first ``n`` (default all) images ``(n, C, H, W)`` and labels ``(n,)``."""
+        count = len(self.data) if n is None else min(n, len(self.data))  # type: ignore[arg-type]
+        items = [self.data[i] for i in range(count)]
+        return torch.stack([x for x, _ in items]), torch.as_tensor([int(y) for _, y in items])
+
+    def save(self, fig: Figure, name: str, alt: str) -> str:
+        """Write ``fig`` as ``out/name`` (PNG) and return the ``<img>`` tag that shows it."""
+        fig.savefig(self.out / name, dpi=110)
+        plt.close(fig)
+        return f'<img src="{html.escape(name)}" alt="{html.escape(alt)}">'
+
+
+SectionBuilder = Callable[[ReportContext], "Section | None"]
+
+
+def html_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain HTML table; cells are escaped."""
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _paragraph(text: str) -> str:
+    return f"<p>{html.escape(text)}</p>"
+
+
+# --------------------------------------------------------------------------------------------
+# section builders
+# --------------------------------------------------------------------------------------------
+
+
+def overview_section(ctx: ReportContext) -> Section:
+    """The model, the data and the layers analysed."""
+    example, _ = ctx.data[0]
+    params = sum(p.numel() for p in ctx.model.parameters())
+    rows = [
+        ("model", ctx.model_name),
+        ("parameters", f"{params:,}"),
+        ("input", f"{tuple(example.shape)} images in [0, 1]"),
+        ("data", f"{ctx.data_name}: {len(ctx.data):,} images"),  # type: ignore[arg-type]
+        ("layers analysed", ", ".join(ctx.layers)),
+        ("classes", ", ".join(ctx.class_names) if ctx.class_names else "unknown"),
+    ]
+    if ctx.checkpoints:
+        rows.append(("training checkpoints", ", ".join(str(e) for e in sorted(ctx.checkpoints))))
+    return Section("Overview", html_table(("", ""), rows))
+
+
+def receptive_field_section(ctx: ReportContext) -> Section:
+    """Receptive field of every convolution and pooling layer (size, stride, offset)."""
+    from deconvnet_attr.geometry import receptive_field_table
+
+    example = ctx.data[0][0][None]
+    rows = [
+        (
+            row.name + (" *" if row.name in ctx.layers else ""),
+            row.kind,
+            "×".join(str(s) for s in row.output_shape[1:]),
+            "×".join(str(s) for s in row.field.size),
+            "×".join(str(s) for s in row.field.stride),
+            ", ".join(str(s) for s in row.field.offset),
+        )
+        for row in receptive_field_table(ctx.model, example)
+    ]
+    intro = _paragraph(
+        "Exact receptive field of one output unit of each convolution and pooling layer, traced "
+        "through the network. Unit (i, j) sees input rows offset[0] + i·stride[0] to that plus "
+        "size[0] − 1 (before clipping to the image), likewise columns. * = analysed below."
+    )
+    header = ("layer", "op", "output (C×H×W)", "size (h×w)", "stride", "offset (row, col)")
+    return Section("Receptive fields", intro + html_table(header, rows))
+
+
+def _strongest_channels(top: TopActivations, count: int) -> Tensor:
+    """The ``count`` channels with the largest mean top-k activation, strongest first."""
+    order = torch.argsort(top.values.mean(dim=1), descending=True, stable=True)
+    return order[:count]
+
+
+def _subset(top: TopActivations, rows: Tensor) -> TopActivations:
+    return TopActivations(
+        top.values[rows], top.indices[rows], top.locations[rows], top.channels[rows]
+    )
+
+
+def _field(ctx: ReportContext, layer: str):
+    """The layer's receptive field, or ``None`` when it has none (e.g. after a linear layer)."""
+    from deconvnet_attr.geometry import GeometryError, receptive_field
+
+    try:
+        return receptive_field(ctx.model, layer, ctx.data[0][0][None])
+    except GeometryError:
+        return None
+
+
+def feature_grid_section(ctx: ReportContext) -> Section:
+    """Fig. 2: per layer, top-k deconvnet projections beside their receptive-field patches."""
+    from deconvnet_attr.viz import plot_feature_grid
+
+    body = [
+        _paragraph(
+            f"For each layer, the {ctx.channels} channels with the strongest top-{ctx.k} "
+            f"activations over the {len(ctx.data):,} images. Each block: left, the top-{ctx.k} "  # type: ignore[arg-type]
+            "activations projected to pixel space by the deconvnet (each contrast-stretched, grey "
+            "= 0); right, the image patches inside the receptive field of the projected unit. "
+            "Strongest first, row by row."
+        )
+    ]
+    for layer in ctx.layers:
+        top = top_activations(
+            ctx.model, layer, ctx.loader(), k=ctx.k, batch_size=ctx.batch_size,
+            progress=ctx.progress,
+        )
+        ctx.mined[layer] = top
+        shown = _subset(top, _strongest_channels(top, ctx.channels))
+        projections = project_top_activations(
+            ctx.model, layer, ctx.data, shown, batch_size=ctx.batch_size, progress=ctx.progress
+        )
+        rf = _field(ctx, layer)
+        proj_sets, patch_sets = [], []
+        for c in range(len(shown.channels)):
+            images = torch.stack([ctx.data[int(i)][0] for i in shown.indices[c]])
+            if rf is None or shown.locations.shape[2] != 2:
+                proj_sets.append(projections[c])
+                patch_sets.append(images)
+            else:
+                proj_sets.append(receptive_field_patches(projections[c], shown.locations[c], rf))
+                patch_sets.append(
+                    receptive_field_patches(images, shown.locations[c], rf, fill=float("nan"))
+                )
+        fig = plot_feature_grid(
+            proj_sets, patch_sets, labels=[f"ch {int(c)}" for c in shown.channels],
+            title=f"{layer}: top-{ctx.k} projections | receptive-field patches",
+        )
+        body.append(f"<h3>{html.escape(layer)}</h3>")
+        body.append(ctx.save(fig, f"fig2-{layer}.png", f"feature grid of {layer}"))
+    return Section("Top activations and their projections (Fig. 2)", "\n".join(body))
+
+
+def evolution_section(ctx: ReportContext) -> Section | None:
+    """Fig. 4: the strongest projection of a few channels per layer across checkpoints."""
+    if not ctx.checkpoints or len(ctx.checkpoints) < 2:
+        return None
+    from deconvnet_attr.analysis.evolution import feature_evolution
+    from deconvnet_attr.viz import plot_evolution
+
+    body = [
+        _paragraph(
+            "The strongest activation of each channel over the data set, projected to pixel "
+            "space, at each training checkpoint (columns). Channels are the strongest ones of the "
+            "final model. Lower layers settle within a few epochs, upper layers later."
+        )
+    ]
+    per_layer = max(1, min(ctx.channels // 2, 6))
+    for layer in ctx.layers:
+        top = ctx.mined.get(layer) or top_activations(
+            ctx.model, layer, ctx.loader(), k=1, batch_size=ctx.batch_size, progress=ctx.progress
+        )
+        channels = top.channels[_strongest_channels(top, per_layer)]
+        result = feature_evolution(
+            ctx.checkpoints, layer, ctx.data, channels, batch_size=ctx.batch_size,
+            progress=ctx.progress,
+        )
+        rf = _field(ctx, layer)
+        projections = result.projections
+        if rf is not None and result.locations.shape[2] == 2:
+            flat = projections.flatten(0, 1)
+            cropped = receptive_field_patches(flat, result.locations.flatten(0, 1), rf)
+            projections = cropped.reshape(*projections.shape[:2], *cropped.shape[1:])
+        fig = plot_evolution(
+            projections, result.epochs.tolist(), labels=[f"ch {int(c)}" for c in channels],
+            title=f"{layer}: strongest projection per epoch",
+        )
+        body.append(f"<h3>{html.escape(layer)}</h3>")
+        body.append(ctx.save(fig, f"fig4-{layer}.png", f"feature evolution of {layer}"))
+    return Section("Feature evolution during training (Fig. 4)", "\n".join(body))
+
+
+def ablation_section(ctx: ReportContext) -> Section | None:
+    """Accuracy with each analysed layer's output replaced by its data-set mean."""
+    if not ctx.has_labels:
+        return None
+    from deconvnet_attr.ablation import ablation_study
+    from deconvnet_attr.viz import plot_accuracy_table
+
+    groups = {layer: ctx.model.get_submodule(layer) for layer in ctx.layers}
+    table = ablation_study(
+        ctx.model, ctx.images(), groups, baselines="mean", batch_size=ctx.batch_size,
+        show_progress=ctx.progress,
+    )
+    header, *rows = [line.split(",") for line in table.to_csv().strip().splitlines()]
+    fig = plot_accuracy_table(table, title="mean ablation of one layer at a time")
+    intro = _paragraph(
+        f"Top-k accuracy on the {table.n_examples:,} labelled images with one layer's output "
+        "replaced by its mean over the data (mean ablation), against the intact model."
+    )
+    figure = ctx.save(fig, "ablation.png", "accuracy with each layer mean-ablated")
+    return Section("Layer ablation", intro + html_table(header, rows) + figure)
+
+
+SECTIONS: list[SectionBuilder] = [
+    overview_section,
+    receptive_field_section,
+    feature_grid_section,
+    evolution_section,
+    ablation_section,
+]
+"""The report's sections, in order; each builder is independent of the others' success."""
+
+
+# --------------------------------------------------------------------------------------------
+# assembling the page
+# --------------------------------------------------------------------------------------------
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+th { background: #f3f3f3; }
+img { max-width: 100%; display: block; margin: 0.5em 0; }
+footer { color: #666; font-size: 0.85em; margin-top: 3em; }
+"""
+
+
+def build_report(
+    ctx: ReportContext, sections: Sequence[SectionBuilder] = SECTIONS
+) -> Path:
+    """Run every section builder and write ``ctx.out/index.html``; returns its path."""
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    built: list[tuple[Section, float]] = []
+    bar = tqdm(sections, desc="report", unit="section", disable=not ctx.progress)
+    for builder in bar:
+        bar.set_postfix_str(builder.__name__.removesuffix("_section"))
+        t0 = time.perf_counter()
+        section = builder(ctx)
+        if section is not None:
+            built.append((section, time.perf_counter() - t0))
+    total = time.perf_counter() - start
+    toc = "".join(
+        f'<li><a href="#s{i}">{html.escape(s.title)}</a></li>' for i, (s, _) in enumerate(built)
+    )
+    parts = [
+        f'<section id="s{i}"><h2>{html.escape(s.title)}</h2>\n{s.body}\n'
+        f'<p class="timing">({seconds:.1f} s)</p></section>'
+        for i, (s, seconds) in enumerate(built)
+    ]
+    title = f"deconvnet-attr report: {ctx.model_name}"
+    page = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>\n"
+        f"<h1>{html.escape(title)}</h1><ol>{toc}</ol>\n" + "\n".join(parts) +
+        f"\n<footer>Built in {total:.1f} s by <code>{html.escape(ctx.command)}</code> "
+        f"(deconvnet-attr, Zeiler &amp; Fergus 2013).</footer></body></html>\n"
+    )
+    index = ctx.out / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Arguments of ``deconvnet-attr report``."""
+    p = argparse.ArgumentParser(
+        prog="deconvnet-attr report",
+        description="Build the offline HTML report of the paper's analyses (figures + tables).",
+    )
+    p.add_argument("--out", required=True, type=Path, help="output directory (index.html, PNGs)")
+    p.add_argument(
+        "--model", default=None,
+        help="torchvision/timm architecture name or module:factory (default: the bundled "
+        "Fashion-MNIST reference model)",
+    )
+    p.add_argument("--weights", type=Path, help="weights file (a state dict or a checkpoint dict)")
+    p.add_argument("--num-classes", type=int, help="classes of --model (default: its default)")
+    p.add_argument("--images", type=Path, help="ImageFolder directory (default: bundled subset)")
+    p.add_argument(
+        "--folder-labels", action="store_true",
+        help="the ImageFolder's sorted class folders are the model's classes 0..K-1",
+    )
+    p.add_argument("--input-size", type=int, default=224, help="image side for --images")
+    p.add_argument("--mean", help="comma-separated per-channel mean the model expects")
+    p.add_argument("--std", help="comma-separated per-channel std the model expects")
+    p.add_argument(
+        "--layers", help="comma-separated layer names (default: reference conv1..conv5; for "
+        "other models up to 5 convolutions spread through the network)",
+    )
+    p.add_argument("--checkpoints", nargs="+", type=Path, metavar="EPOCH=FILE",
+                   help="training snapshots for the evolution figure, as EPOCH=weights-file")
+    p.add_argument("--max-images", type=int, default=1000, help="images used (default 1000)")
+    p.add_argument("--k", type=int, default=9, help="top activations per channel (default 9)")
+    p.add_argument("--channels", type=int, default=16, help="channels shown per layer")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quick", action="store_true",
+                   help="a small smoke-test report: 32 images, 4 channels, top-4")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.max_images, args.channels, args.k = min(args.max_images, 32), 4, 4
+    for name in ("max_images", "k", "channels", "batch_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    return args
+
+
+def _floats(text: str, name: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--{name} must be comma-separated numbers, got {text!r}") from None
+
+
+def build_model(name: str, num_classes: int | None = None) -> nn.Module:
+    """An untrained model by torchvision name, timm name or ``module:factory`` (no download)."""
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    if ":" in name:
+        module_name, _, factory = name.partition(":")
+        try:
+            factory_fn = getattr(importlib.import_module(module_name), factory)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"cannot import model factory {name!r}: {err}") from err
+        return factory_fn(**kwargs)
+    import torchvision
+
+    if name in torchvision.models.list_models():
+        return torchvision.models.get_model(name, weights=None, **kwargs)
+    import timm
+
+    if timm.is_model(name):
+        return timm.create_model(name, pretrained=False, **kwargs)
+    raise ValueError(
+        f"unknown model {name!r}: not a torchvision or timm architecture, nor module:factory"
+    )
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load a state dict, or the ``model``/``state_dict`` entry of a checkpoint dict, strictly."""
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    model.load_state_dict(state)
+
+
+def _default_layers(model: nn.Module, count: int = 5) -> list[str]:
+    convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if len(convs) <= count:
+        return convs
+    picks = torch.linspace(0, len(convs) - 1, count).round().long().tolist()
+    return [convs[i] for i in dict.fromkeys(picks)]
+
+
+def _evenly(dataset: Dataset, count: int) -> Dataset:
+    total = len(dataset)  # type: ignore[arg-type]
+    if count >= total:
+        return dataset
+    return Subset(dataset, torch.linspace(0, total - 1, count).round().long().tolist())
+
+
+class _WithLabels(Dataset):
+    """``(image, -1)`` pairs from an ImageFolder whose class folders are not the model's."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.dataset[index][0], -1
+
+
+def context_from_args(args: argparse.Namespace, command: str = "") -> ReportContext:
+    """Load the model, images and checkpoints named by the command-line arguments."""
+    from deconvnet_attr import data as data_module
+    from deconvnet_attr import models
+
+    checkpoints: dict[int, nn.Module] | None = None
+    if args.model is None and args.weights is None:
+        model: nn.Module = models.load_reference()
+        name = "ZFNet (Fashion-MNIST reference)"
+        checkpoints = dict(models.load_checkpoints())
+    elif args.model is None:
+        model, name = models.load_model(args.weights), f"deconvnet-attr model {args.weights.name}"
+    else:
+        model, name = build_model(args.model, args.num_classes), args.model
+        if args.weights is not None:
+            load_weights(model, args.weights)
+            name += f" ({args.weights.name})"
+    if args.mean or args.std:
+        if not (args.mean and args.std):
+            raise ValueError("--mean and --std go together")
+        from deconvnet_attr.models.zfnet import Normalize
+
+        normalize = Normalize(_floats(args.mean, "mean"), _floats(args.std, "std"))
+        model.register_forward_pre_hook(lambda _m, inputs: (normalize(inputs[0]), *inputs[1:]))
+    if args.checkpoints:
+        checkpoints = {}
+        for spec in args.checkpoints:
+            epoch, sep, path = str(spec).partition("=")
+            if not sep or not epoch.isdigit():
+                raise ValueError(f"--checkpoints entries must be EPOCH=FILE, got {str(spec)!r}")
+            snapshot = build_model(args.model, args.num_classes) if args.model else None
+            if snapshot is None:
+                snapshot = models.load_model(path)
+            else:
+                load_weights(snapshot, Path(path))
+            checkpoints[int(epoch)] = snapshot.to(args.device).eval()
+    model = model.to(args.device).eval()
+
+    class_names = getattr(model, "class_names", None)
+    if args.images is None:
+        images, labels = data_module.load_eval_subset()
+        dataset: Dataset = _evenly(TensorDataset(images, labels), args.max_images)
+        data_name, has_labels = "bundled Fashion-MNIST evaluation subset", True
+        class_names = class_names or data_module.FASHION_MNIST_CLASSES
+    else:
+        in_channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
+        transform = data_module.image_folder_transform(args.input_size, in_channels, train=False)
+        folder = data_module.image_folder(args.images, transform=transform)
+        has_labels = args.folder_labels
+        dataset = _evenly(folder if has_labels else _WithLabels(folder), args.max_images)
+        data_name = f"image folder {args.images}"
+        if has_labels and class_names is None:
+            class_names = tuple(folder.classes)
+    if args.layers:
+        layers = [layer.strip() for layer in args.layers.split(",") if layer.strip()]
+    elif args.model is None:
+        layers = [f"conv{i}" for i in range(1, 6) if hasattr(model, f"conv{i}")]
+    else:
+        layers = _default_layers(model)
+    names = dict(model.named_modules())
+    unknown = [layer for layer in layers if layer not in names]
+    if unknown or not layers:
+        raise ValueError(f"unknown layers {unknown or layers}; the model's modules: {list(names)}")
+    if args.quick:
+        layers = layers[:2]
+        if checkpoints:
+            epochs = sorted(checkpoints)
+            checkpoints = {e: checkpoints[e] for e in (epochs[0], epochs[-1])}
+    return ReportContext(
+        model=model, model_name=name, data=dataset, data_name=data_name, layers=layers,
+        out=args.out, class_names=class_names, has_labels=has_labels, checkpoints=checkpoints,
+        k=args.k, channels=args.channels, batch_size=args.batch_size,
+        progress=not args.no_progress, quick=args.quick, command=command,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``deconvnet-attr report``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    matplotlib.use("Agg")
+    start = time.perf_counter()
+    ctx = context_from_args(args, command="deconvnet-attr report " + " ".join(argv))
+    index = build_report(ctx)
+    print(f"report written to {index} in {time.perf_counter() - start:.1f} s")
+    return 0
