@@ -1,0 +1,384 @@
+"""Deconvnet projection (Zeiler & Fergus 2013) and Captum drop-ins, all thin users of the rule.
+
+Every class here is "run the model under the deconvnet rule, then take a gradient": convolutions
+back-propagate as transposed convolutions with the same filters, max-pooling routes the signal
+through the switches recorded on the forward pass, and each activation function rectifies the
+signal (relu*). Which activations are ruled, and how, lives in :mod:`deconvnet_attr.rules` and
+:mod:`deconvnet_attr.intercept`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import torch
+from captum._utils.common import (
+    _format_additional_forward_args,
+    _format_output,
+    _format_tensor_into_tuples,
+    _is_tuple,
+    _run_forward,
+)
+from captum._utils.gradient import (
+    apply_gradient_requirements,
+    construct_neuron_grad_fn,
+    undo_gradient_requirements,
+)
+from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
+from captum.attr import GradientAttribution, NeuronAttribution
+from captum.log import log_usage
+from torch import Tensor, nn
+
+from deconvnet_attr.intercept import apply_rule
+from deconvnet_attr.rules import DECONVNET
+from deconvnet_attr.state import preserved_state
+
+NeuronSpec = Literal["max", "all"] | Tensor
+
+
+class _StopForward(Exception):
+    """Raised by the layer hook once the projected layer has run: later layers are not needed."""
+
+
+@contextmanager
+def _deconvnet(model: nn.Module, whole_forward: bool = True) -> Iterator[None]:
+    """The model's forward under the deconvnet rule, its state preserved, gradients enabled.
+
+    Warns when a whole forward pass met no activation function (the result is then the plain
+    gradient); a forward stopped at a layer may legitimately have met none yet (``conv1``).
+    """
+    with preserved_state(model), torch.enable_grad(), apply_rule(DECONVNET, model) as seen:
+        yield
+    if whole_forward and seen.count == 0:
+        warnings.warn(
+            "No activation function was found in the forward pass: the deconvnet projection is "
+            "the plain gradient.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _check_inputs(inputs: tuple[Tensor, ...]) -> None:
+    for index, x in enumerate(inputs):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"inputs[{index}] is a {type(x).__name__}, expected a torch.Tensor")
+        if not x.dtype.is_floating_point:
+            raise TypeError(
+                f"inputs[{index}] has dtype {x.dtype}; a projection needs floating-point inputs"
+            )
+        if x.dim() == 0 or x.shape[0] != inputs[0].shape[0]:
+            raise ValueError(
+                f"inputs[{index}] has shape {tuple(x.shape)}; every input needs the same batch "
+                f"size in dim 0 ({inputs[0].shape[0]})"
+            )
+
+
+def _output_indices(target: TargetType, shape: torch.Size) -> Tensor:
+    """Captum's ``target`` as an ``(N, len(shape) - 1)`` index tensor into an output of ``shape``.
+
+    Raises ValueError naming the offending value when a target does not fit the output.
+    """
+    n, per_example = shape[0], tuple(shape[1:])
+    if target is None:
+        if any(size != 1 for size in per_example):
+            raise ValueError(
+                f"target=None, but the model output has shape {tuple(shape)}: more than one "
+                "value per example. Pass a target index."
+            )
+        return torch.zeros(n, len(per_example), dtype=torch.long)
+    if isinstance(target, Tensor):
+        if target.numel() == 1:
+            target = int(target.item())
+        elif target.dim() == 1:
+            target = target.tolist()
+        else:
+            raise ValueError(f"target tensor has shape {tuple(target.shape)}; expected (N,)")
+    if isinstance(target, list):
+        if len(target) != n:
+            raise ValueError(f"target has {len(target)} entries for {n} examples")
+        rows = [t if isinstance(t, tuple) else (t,) for t in target]
+    else:
+        rows = [target if isinstance(target, tuple) else (target,)] * n
+    for row in rows:
+        if len(row) != len(per_example):
+            raise ValueError(
+                f"target {row if len(row) > 1 else row[0]} does not index the per-example "
+                f"output shape {per_example}"
+            )
+        for index, size in zip(row, per_example, strict=True):
+            if not -size <= int(index) < size:
+                raise ValueError(
+                    f"target {row if len(row) > 1 else row[0]} is out of range for the "
+                    f"per-example output shape {per_example}"
+                )
+    return torch.tensor([[int(i) for i in row] for row in rows], dtype=torch.long).reshape(
+        n, len(per_example)
+    )
+
+
+def _channels(target: int | Sequence[int] | Tensor | None, act: Tensor) -> Tensor:
+    """Per-example channel of the layer output ``act`` (N, C, ...): ``None`` picks the channel
+    holding the example's strongest activation (the paper's choice)."""
+    n, c = act.shape[:2]
+    if target is None:
+        return act.detach().flatten(2).amax(2).argmax(1) if act.dim() > 2 else act.argmax(1)
+    channels = torch.as_tensor(target, dtype=torch.long).flatten().to(act.device)
+    if channels.numel() == 1:
+        channels = channels.expand(n)
+    if channels.numel() != n:
+        raise ValueError(f"target has {channels.numel()} channels for {n} examples")
+    bad = channels[(channels < 0) | (channels >= c)]
+    if bad.numel():
+        raise ValueError(
+            f"target channel {int(bad[0])} is out of range for a layer with {c} channels"
+        )
+    return channels
+
+
+def _layer_seed(act: Tensor, channels: Tensor, neuron: NeuronSpec) -> Tensor:
+    """The gradient seed at the layer: every activation zero except the chosen one(s) of each
+    example's channel, which keep their own value."""
+    n = act.shape[0]
+    rows = torch.arange(n, device=act.device)
+    maps = act.detach()[rows, channels]  # (N, *spatial)
+    seed = torch.zeros_like(act)
+    if isinstance(neuron, str) and neuron == "all":
+        seed[rows, channels] = maps
+        return seed
+    if isinstance(neuron, str) and neuron == "max":
+        flat = maps.reshape(n, -1).argmax(1)
+        spatial = (
+            torch.stack(torch.unravel_index(flat, maps.shape[1:]), 1)
+            if maps.dim() > 1
+            else (torch.zeros(n, 0, dtype=torch.long, device=act.device))
+        )
+    elif isinstance(neuron, Tensor):
+        spatial = _check_locations(neuron, act)
+    else:
+        raise ValueError(f"neuron={neuron!r}: expected 'max', 'all' or an (N, k) index tensor")
+    index = (rows, channels, *spatial.unbind(1))
+    seed[index] = act.detach()[index]
+    return seed
+
+
+def _check_locations(neuron: Tensor, act: Tensor) -> Tensor:
+    spatial_shape = tuple(act.shape[2:])
+    expected = (act.shape[0], len(spatial_shape))
+    if neuron.dtype.is_floating_point or tuple(neuron.shape) != expected or not spatial_shape:
+        raise ValueError(
+            f"neuron tensor of shape {tuple(neuron.shape)} and dtype {neuron.dtype}: expected an "
+            f"integer tensor of shape {expected}, one location in the {spatial_shape} map per "
+            "example"
+        )
+    neuron = neuron.to(act.device, torch.long)
+    for dim, size in enumerate(spatial_shape):
+        bad = neuron[:, dim][(neuron[:, dim] < 0) | (neuron[:, dim] >= size)]
+        if bad.numel():
+            raise ValueError(f"neuron index {int(bad[0])} is out of range for map size {size}")
+    return neuron
+
+
+class DeconvProjection(GradientAttribution):
+    r"""Project a class score or a layer activation back to pixel space with the deconvnet.
+
+    Zeiler & Fergus (2013), Sec. 2.1: set every other activation of a layer to zero, then walk
+    back down, unpooling with the forward switches, rectifying (relu*) and filtering with the
+    transposed filters. This equals back-propagation in which every activation function's backward
+    is ``relu(grad_output)``; that rule is applied to every activation of the forward pass
+    (module, functional, method or in-place form; ReLU, ReLU6, LeakyReLU, PReLU, ELU, GELU, SiLU,
+    Mish, Hardswish, Softplus, ...). Gates (sigmoid, tanh, softmax) keep their true gradient.
+
+    Args:
+        model: the network (``nn.Module``).
+        layer: ``None`` to project the model output ``target``; or a module of ``model`` whose
+            output (N, C, ...) is projected, ``target`` then naming the channel. The module's
+            first call in the forward pass is the one projected.
+    """
+
+    def __init__(self, model: nn.Module, layer: nn.Module | None = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if layer is not None and not any(m is layer for m in model.modules()):
+            raise ValueError(f"layer {layer!r} is not a module of the model")
+        GradientAttribution.__init__(self, model)
+        self.model = model
+        self.layer = layer
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: TensorOrTupleOfTensorsGeneric,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        neuron: NeuronSpec = "max",
+    ) -> TensorOrTupleOfTensorsGeneric:
+        r"""Deconvnet projections of each example, same shape as ``inputs``.
+
+        Args:
+            inputs: tensor (N, ...) or tuple of tensors, floating point; gradients are taken with
+                respect to them (they are not modified).
+            target: with ``layer=None``, Captum's ``TargetType`` (int, per-example list / 1-D
+                tensor, tuples for outputs with more than 2 dims). With a layer: the channel, an
+                int, a per-example list / 1-D tensor, or ``None`` for the channel holding each
+                example's strongest activation.
+            additional_forward_args: passed to the model after ``inputs``, as in Captum.
+            neuron: only with a layer. ``"max"``: project the channel's strongest activation
+                alone, seeded with its value (the paper's figures); ``"all"``: the whole channel
+                map; or an integer tensor (N, k) with one location in the (k-dim) map per example.
+
+        Returns:
+            Tensor or tuple of tensors shaped like ``inputs``: the projection in input space.
+            One forward and one backward serve the whole batch.
+        """
+        is_tuple = _is_tuple(inputs)
+        inputs_tuple = _format_tensor_into_tuples(inputs)
+        _check_inputs(inputs_tuple)
+        if self.layer is None and not (isinstance(neuron, str) and neuron == "max"):
+            raise ValueError("neuron selects units of a layer: give DeconvProjection a layer")
+        leaves = tuple(x.detach().requires_grad_() for x in inputs_tuple)
+        with _deconvnet(self.model, whole_forward=self.layer is None):
+            if self.layer is None:
+                output = _run_forward(self.forward_func, leaves, None, additional_forward_args)
+                index = _output_indices(target, output.shape).to(output.device)
+                rows = torch.arange(output.shape[0], device=output.device)
+                selected = (
+                    output.reshape(output.shape[0], -1)
+                    if index.shape[1] == 0
+                    else (output[(rows, *index.unbind(1))])
+                )
+                grads = torch.autograd.grad(selected.sum(), leaves, allow_unused=True)
+            else:
+                act = self._layer_output(leaves, additional_forward_args)
+                seed = _layer_seed(act, _channels(target, act), neuron)
+                grads = torch.autograd.grad(act, leaves, seed, allow_unused=True)
+        grads = tuple(
+            torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves, strict=True)
+        )
+        return _format_output(is_tuple, grads)
+
+    def _layer_output(self, inputs: tuple[Tensor, ...], additional_forward_args: Any) -> Tensor:
+        """Run the forward pass up to (and including) the layer's first call; return its output."""
+        captured: list[Tensor] = []
+
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            captured.append(output)
+            raise _StopForward
+
+        handle = self.layer.register_forward_hook(hook)
+        try:
+            extra = _format_additional_forward_args(additional_forward_args) or ()
+            self.forward_func(*inputs, *extra)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        if not captured:
+            raise ValueError(f"layer {self.layer!r} was not called in the forward pass")
+        act = captured[0]
+        if not isinstance(act, Tensor) or act.dim() < 2:
+            shape = tuple(act.shape) if isinstance(act, Tensor) else type(act).__name__
+            raise ValueError(
+                f"layer output {shape} is not a tensor of rank >= 2 (N, C, ...): no channel to "
+                "project"
+            )
+        if not act.requires_grad:
+            raise ValueError(f"layer {self.layer!r} output does not depend on the inputs")
+        return act
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return False
+
+
+class Deconvolution(GradientAttribution):
+    r"""Drop-in for :class:`captum.attr.Deconvolution` that rules *every* activation.
+
+    Same constructor, ``attribute`` signature, argument meanings, return shapes and errors as
+    Captum's class. Captum hooks only ``nn.ReLU`` modules, so on models with functional ReLUs,
+    SiLU/GELU/Hardswish activations (GoogLeNet, MobileNet, EfficientNet, ConvNeXt, DenseNet's final
+    ReLU) it silently returns plain gradients; here those activations get the deconvnet rule too.
+    Where Captum sees every activation, the numbers are identical.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        GradientAttribution.__init__(self, model)
+        self.model = model
+        assert isinstance(self.model, nn.Module), (
+            "Given model must be an instance of torch.nn.Module to properly hook ReLU layers."
+        )
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: TensorOrTupleOfTensorsGeneric,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+    ) -> TensorOrTupleOfTensorsGeneric:
+        r"""Deconvolution attributions, exactly as :meth:`captum.attr.Deconvolution.attribute`.
+
+        Args:
+            inputs: tensor or tuple of tensors (N, ...).
+            target: Captum's ``TargetType``: output indices for which gradients are computed.
+            additional_forward_args: passed to the model after ``inputs``.
+
+        Returns:
+            Tensor or tuple of tensors shaped like ``inputs``.
+        """
+        is_inputs_tuple = _is_tuple(inputs)
+        inputs_tuple = _format_tensor_into_tuples(inputs)
+        gradient_mask = apply_gradient_requirements(inputs_tuple)
+        try:
+            with _deconvnet(self.model):
+                gradients = self.gradient_func(
+                    self.forward_func, inputs_tuple, target, additional_forward_args
+                )
+        finally:
+            undo_gradient_requirements(inputs_tuple, gradient_mask)
+        return _format_output(is_inputs_tuple, gradients)
+
+    def attribute_future(self) -> Callable:
+        raise NotImplementedError("attribute_future is not implemented for Deconvolution")
+
+
+class NeuronDeconvolution(NeuronAttribution, GradientAttribution):
+    r"""Drop-in for :class:`captum.attr.NeuronDeconvolution` that rules *every* activation.
+
+    Same constructor (``model, layer, device_ids=None``), ``attribute(inputs, neuron_selector,
+    additional_forward_args=None, attribute_to_neuron_input=False)``, argument meanings and
+    returns as Captum's class; the activation coverage of :class:`Deconvolution`.
+    """
+
+    def __init__(
+        self, model: nn.Module, layer: nn.Module, device_ids: list[int] | None = None
+    ) -> None:
+        NeuronAttribution.__init__(self, model, layer, device_ids)
+        GradientAttribution.__init__(self, model)
+        self.deconv = Deconvolution(model)
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: TensorOrTupleOfTensorsGeneric,
+        neuron_selector: int | tuple | Callable,
+        additional_forward_args: Any = None,
+        attribute_to_neuron_input: bool = False,
+    ) -> TensorOrTupleOfTensorsGeneric:
+        r"""Deconvolution attributions of one neuron, as Captum's ``NeuronDeconvolution``.
+
+        Args:
+            inputs: tensor or tuple of tensors (N, ...).
+            neuron_selector: int (2-D layer output), tuple of ints/slices (one per non-batch
+                dim; slices sum the neurons) or a callable ``layer output -> (N,)`` tensor.
+            additional_forward_args: passed to the model after ``inputs``.
+            attribute_to_neuron_input: attribute to the layer's input instead of its output.
+
+        Returns:
+            Tensor or tuple of tensors shaped like ``inputs``.
+        """
+        self.deconv.gradient_func = construct_neuron_grad_fn(
+            self.layer, neuron_selector, self.device_ids, attribute_to_neuron_input
+        )
+        return self.deconv.attribute.__wrapped__(self.deconv, inputs, None, additional_forward_args)
