@@ -19,7 +19,7 @@ from typing import Protocol
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 from tqdm.auto import tqdm
 
 __all__ = [
@@ -313,17 +313,19 @@ def _unravel(flat_index: Tensor, shape: Sequence[int]) -> Tensor:
     )
 
 
-def _example(data: Tensor | Dataset | DataLoader, index: int) -> Tensor:
-    """Input tensor of example ``index`` of a tensor, a map-style data set or a DataLoader's."""
-    if isinstance(data, Tensor):
-        return data[index]
+def _examples(data: Tensor | Dataset | DataLoader, indices: Tensor) -> Tensor:
+    """Input tensors ``(len(indices), ...)`` of a tensor, a map-style data set or a DataLoader's."""
     dataset = data.dataset if isinstance(data, DataLoader) else data
+    if isinstance(dataset, TensorDataset):
+        dataset = dataset.tensors[0]
+    if isinstance(dataset, Tensor):
+        return dataset[indices]
     if not hasattr(dataset, "__getitem__"):
         raise TypeError(
             "projection needs random access to the mined examples: pass a tensor, a map-style "
             f"Dataset or a DataLoader over one, got {type(data).__name__}"
         )
-    return _inputs_of(dataset[index])
+    return torch.stack([_inputs_of(dataset[int(i)]) for i in indices])
 
 
 def project_top_activations(
@@ -370,7 +372,7 @@ def project_top_activations(
         range(0, len(seed_images), batch_size), desc="projections", disable=not progress
     ):
         stop = start + batch_size
-        images = torch.stack([_example(data, int(i)) for i in seed_images[start:stop]])
+        images = _examples(data, seed_images[start:stop])
         projected = projector.attribute(
             images.to(device),
             target=seed_channels[start:stop].tolist(),

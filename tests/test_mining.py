@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,7 +13,8 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from deconvnet_attr.mining import top_activations
+from deconvnet_attr.deconv import DeconvProjection
+from deconvnet_attr.mining import project_top_activations, receptive_field_patches, top_activations
 
 
 def small_cnn() -> nn.Sequential:
@@ -198,3 +200,69 @@ def test_world_size_one_accepts_plain_iterables(tmp_path):
         assert result.indices.shape == (6, 2)
     finally:
         dist.destroy_process_group()
+
+
+def test_batched_projections_equal_one_at_a_time_calls():
+    model, images = small_cnn(), dataset(23)
+    top = top_activations(model, model[4], images, k=3, channels=[4, 1, 2], progress=False)
+    one_by_one = DeconvProjection(model, model[4])
+    expected = torch.stack([
+        torch.stack([
+            one_by_one.attribute(
+                images[int(top.indices[c, j])][None],
+                target=int(top.channels[c]),
+                neuron=top.locations[c, j][None],
+            )[0]
+            for j in range(3)
+        ])
+        for c in range(3)
+    ])
+    labels = torch.zeros(len(images))
+    for data in (images, TensorDataset(images, labels), DataLoader(TensorDataset(images, labels))):
+        got = project_top_activations(model, model[4], data, top, batch_size=4, progress=False)
+        assert got.shape == (3, 3, 1, 12, 12)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+    assert all(p.grad is None for p in model.parameters())
+
+
+class _Items(torch.utils.data.Dataset):
+    """A map-style dataset that is not a TensorDataset: (image, label) tuples."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], 0
+
+
+def test_projections_from_a_generic_dataset():
+    model, images = small_cnn(), dataset(10)
+    top = top_activations(model, "4", images, k=2, progress=False)
+    want = project_top_activations(model, "4", images, top, progress=False)
+    got = project_top_activations(model, "4", _Items(images), top, batch_size=3, progress=False)
+    torch.testing.assert_close(got, want)
+    with pytest.raises(TypeError, match="generator"):
+        project_top_activations(model, "4", (x for x in images), top, progress=False)
+
+
+def test_receptive_field_patches_match_pixelwise_crop():
+    gen = torch.Generator().manual_seed(2)
+    images = torch.rand(4, 2, 10, 12, generator=gen)
+    field = SimpleNamespace(size=(5, 4), stride=(2, 3), offset=(-2, -1))
+    locations = torch.tensor([[0, 0], [2, 1], [4, 3], [1, 4]])
+    got = receptive_field_patches(images, locations, field, fill=-7.0)
+    assert got.shape == (4, 2, 5, 4)
+    for m, (i, j) in enumerate(locations.tolist()):
+        for a in range(5):
+            for b in range(4):
+                r, c = -2 + 2 * i + a, -1 + 3 * j + b
+                inside = 0 <= r < 10 and 0 <= c < 12
+                want = images[m, :, r, c] if inside else torch.full((2,), -7.0)
+                assert torch.equal(got[m, :, a, b], want), (m, a, b)
+    # a field at least as large as the image shows the whole image
+    whole = receptive_field_patches(images, locations, SimpleNamespace(
+        size=(30, 12), stride=(1, 1), offset=(-9, 0)))
+    assert torch.equal(whole, images)
