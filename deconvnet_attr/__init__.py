@@ -1,5 +1,7 @@
 """deconvnet-attr: the Zeiler & Fergus (2013) toolkit as a Captum plugin."""
 
 from .ablation import LayerAblation as LayerAblation
+from .geometry import receptive_field as receptive_field
+from .geometry import receptive_field_table as receptive_field_table
 
 __version__ = "0.1.0"
