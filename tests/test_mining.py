@@ -171,8 +171,10 @@ def _rank_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
 
 def test_two_process_gloo_merge_equals_single_process(tmp_path):
     world = 2
-    mp.spawn(
-        _rank_main, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True
+    # fork: the children need not re-import torch and the package (spawn costs ~10 s each)
+    mp.start_processes(
+        _rank_main, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world,
+        join=True, start_method="fork",
     )
     model, images = small_cnn(), dataset()
     single = top_activations(model, model[4], images, k=9, progress=False)
