@@ -41,12 +41,14 @@ Baseline = float | int | str | Callable[[Tensor], Tensor]
 LayerOrGroup = nn.Module | Sequence[nn.Module]
 
 __all__ = [
+    "PAPER_GROUPS",
     "AccuracyTable",
     "LayerAblation",
     "ablated",
     "ablation_study",
     "accuracy_table",
     "iterate_batches",
+    "reference_ablation",
 ]
 
 
@@ -485,3 +487,35 @@ def _accuracies(
         raise ValueError("data yielded no examples")
     rows = [(name, {k: 100.0 * h / count for k, h in hk.items()}) for name, hk in hits.items()]
     return AccuracyTable(rows, count)
+
+
+# The layer groups of the paper's Table 3 ("removed layers ..."), by ZFNet child name.
+PAPER_GROUPS: dict[str, tuple[str, ...]] = {
+    "fc7": ("fc7",),
+    "fc6+fc7": ("fc6", "fc7"),
+    "conv3+conv4": ("conv3", "conv4"),
+    "conv3+conv4+fc6+fc7": ("conv3", "conv4", "fc6", "fc7"),
+}
+
+
+def reference_ablation(
+    baselines: Baseline = "mean",
+    groups: Mapping[str, Sequence[str]] | None = None,
+    data: tuple[Tensor, Tensor] | None = None,
+) -> AccuracyTable:
+    """The ablation table of the bundled reference model on the bundled evaluation subset.
+
+    Without retraining: each group of layers (default :data:`PAPER_GROUPS`, by child name of
+    the reference ZFNet) is ablated with ``baselines`` (default ``"mean"``: the layer's mean
+    output over the data, so the rest of the network still sees typical values). ``data``
+    defaults to the bundled 1,000-image Fashion-MNIST subset; a few seconds on CPU.
+    """
+    from .data import load_eval_subset
+    from .models.reference import load_reference
+
+    model = load_reference()
+    resolved = {
+        name: [model.get_submodule(layer) for layer in layers]
+        for name, layers in (PAPER_GROUPS if groups is None else groups).items()
+    }
+    return ablation_study(model, load_eval_subset() if data is None else data, resolved, baselines)

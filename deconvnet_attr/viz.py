@@ -37,10 +37,10 @@ def plot_accuracy_table(table: AccuracyTable, title: str | None = None) -> Figur
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
     ax.set_xticks(positions, names, rotation=20, ha="right")
     ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 105)
-    ax.legend(loc="lower left", fontsize=8)
+    ax.set_ylim(0, 108)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=9, wrap=True)
     return fig
 
 
