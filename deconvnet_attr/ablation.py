@@ -37,6 +37,8 @@ from captum.attr import PerturbationAttribution
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .state import preserved_state
+
 Baseline = float | int | str | Callable[[Tensor], Tensor]
 LayerOrGroup = nn.Module | Sequence[nn.Module]
 
@@ -279,7 +281,7 @@ class LayerAblation(PerturbationAttribution):
         n = inputs_t[0].shape[0]
         columns = []
         starts = range(0, len(self._groups), perturbations_per_eval)
-        with torch.no_grad():
+        with torch.no_grad(), preserved_state(self.forward_func):
             intact = self._target_output(inputs_t, target, args, n)
             for start in tqdm(starts, desc="LayerAblation", disable=not show_progress):
                 chunk = self._groups[start : start + perturbations_per_eval]
@@ -380,9 +382,10 @@ def _layer_means(
 
     handles = [m.register_forward_hook(hook) for m in dict.fromkeys(layers)]
     try:
-        for x, _ in iterate_batches(data, batch_size):
-            model(x.to(device))
-            count += len(x)
+        with preserved_state(model):
+            for x, _ in iterate_batches(data, batch_size):
+                model(x.to(device))
+                count += len(x)
     finally:
         for handle in handles:
             handle.remove()
@@ -474,7 +477,9 @@ def _accuracies(
     hits = {name: dict.fromkeys(topk, 0) for name in configurations}
     count = 0
     batches = tqdm(iterate_batches(data, batch_size), desc="accuracy", disable=not show_progress)
-    with torch.no_grad():
+    with torch.no_grad(), ExitStack() as stack:
+        for model in {id(m): m for m, _ in configurations.values()}.values():
+            stack.enter_context(preserved_state(model))
         for x, y in batches:
             count += len(x)
             for name, (model, context) in configurations.items():

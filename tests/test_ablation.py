@@ -323,3 +323,14 @@ def test_ablated_context_and_bar_chart():
     heights = sorted(round(p.get_height(), 6) for p in fig.axes[0].patches)
     expected = sorted(round(acc[k], 6) for _, acc in table.rows for k in (1, 2))
     assert heights == expected
+
+
+def test_batchnorm_buffers_kept_in_train_mode():
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)).train()
+    x, y = torch.randn(8, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    before = snapshot(model)
+    LayerAblation(model, [model[0], model[3]]).attribute(x, target=y, perturbations_per_eval=2)
+    assert_same_state(before, snapshot(model))
+    ablation_study(model, (x, y), {"l0": model[0]}, baselines="mean", topk=(1,))
+    assert_same_state(before, snapshot(model))
