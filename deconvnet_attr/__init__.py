@@ -1,6 +1,9 @@
 """deconvnet-attr: the Zeiler & Fergus (2013) toolkit as a Captum plugin."""
 
 from .ablation import LayerAblation as LayerAblation
+from .deconv import Deconvolution as Deconvolution
+from .deconv import DeconvProjection as DeconvProjection
+from .deconv import NeuronDeconvolution as NeuronDeconvolution
 from .geometry import receptive_field as receptive_field
 from .geometry import receptive_field_table as receptive_field_table
 
