@@ -1,0 +1,114 @@
+"""The report builds: quick mode on the bundled data, an own model, an ImageFolder, checkpoints."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deconvnet_attr.models import zfnet_fashion
+from deconvnet_attr.report import build_model, html_table, main
+
+
+class _Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.headings: list[str] = []
+        self._in_h2 = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+        self._in_h2 = tag == "h2"
+
+    def handle_data(self, data):
+        if self._in_h2:
+            self.headings.append(data)
+            self._in_h2 = False
+
+
+def read_page(out: Path) -> _Page:
+    page = _Page()
+    page.feed((out / "index.html").read_text(encoding="utf-8"))
+    for src in page.images:  # every figure is a PNG beside index.html
+        assert (out / src).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", src
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(page.images)
+    return page
+
+
+def test_quick_report_on_the_bundled_data_with_an_own_model(tmp_path):
+    torch.manual_seed(0)
+    for epoch in (1, 3):  # training snapshots of the user's model, as state dicts
+        torch.save(zfnet_fashion().state_dict(), tmp_path / f"epoch{epoch}.pt")
+    out = tmp_path / "report"
+    code = main([
+        "--out", str(out), "--model", "deconvnet_attr.models:zfnet_fashion", "--quick",
+        "--layers", "conv1,conv4", "--no-progress",
+        "--checkpoints", f"1={tmp_path / 'epoch1.pt'}", f"3={tmp_path / 'epoch3.pt'}",
+    ])
+    assert code == 0
+    page = read_page(out)
+    assert page.headings[:3] == [
+        "Overview", "Receptive fields", "Top activations and their projections (Fig. 2)"
+    ]
+    assert "Feature evolution during training (Fig. 4)" in page.headings
+    assert "Layer ablation" in page.headings
+    assert {"fig2-conv1.png", "fig2-conv4.png", "fig4-conv1.png", "fig4-conv4.png"} <= set(
+        page.images
+    )
+    text = (out / "index.html").read_text(encoding="utf-8")
+    # the receptive-field row of conv1: its kernel, and its output shape on a 28x28 image
+    model = zfnet_fashion()
+    c, h, w = model.conv1(model.normalize(torch.zeros(1, 1, 28, 28))).shape[1:]
+    kh, kw = model.conv1.kernel_size
+    assert f"<td>conv1 *</td><td>Conv2d</td><td>{c}×{h}×{w}</td><td>{kh}×{kw}</td>" in text
+
+
+def test_quick_report_on_an_image_folder(tmp_path):
+    gen = np.random.default_rng(0)
+    for cls in ("boots", "shirts"):
+        (tmp_path / "images" / cls).mkdir(parents=True)
+        for i in range(3):
+            pixels = (gen.random((40, 36, 3)) * 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "images" / cls / f"{i}.png")
+    out = tmp_path / "report"
+    main([
+        "--out", str(out), "--model", "deconvnet_attr.models:zfnet_fashion", "--quick",
+        "--images", str(tmp_path / "images"), "--input-size", "28", "--no-progress",
+    ])
+    page = read_page(out)
+    assert "Layer ablation" not in page.headings  # folder classes are not the model's classes
+    assert "6 images" in (out / "index.html").read_text(encoding="utf-8")
+
+
+def test_bad_arguments_name_the_value(tmp_path):
+    with pytest.raises(ValueError, match="no_such_net"):
+        build_model("no_such_net")
+    with pytest.raises(ValueError, match="nowhere_module"):
+        build_model("nowhere_module:factory")
+    with pytest.raises(ValueError, match="conv9"):
+        main(["--out", str(tmp_path), "--model", "deconvnet_attr.models:zfnet_fashion",
+              "--layers", "conv9", "--quick", "--no-progress"])
+    with pytest.raises(ValueError, match="'x.pt'"):
+        main(["--out", str(tmp_path), "--model", "deconvnet_attr.models:zfnet_fashion",
+              "--checkpoints", "x.pt", "--quick", "--no-progress"])
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--k", "0"])
+
+
+def test_torchvision_and_timm_names_build_untrained_models():
+    assert type(build_model("resnet18", num_classes=3)).__name__ == "ResNet"
+    assert build_model("resnet18", num_classes=3).fc.out_features == 3
+    assert type(build_model("resnet10t")).__name__ == "ResNet"  # timm only
+
+
+def test_html_table_escapes_cells():
+    assert html_table(["a<b"], [["x & y"]]) == (
+        "<table><thead><tr><th>a&lt;b</th></tr></thead>"
+        "<tbody><tr><td>x &amp; y</td></tr></tbody></table>"
+    )

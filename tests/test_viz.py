@@ -1,0 +1,72 @@
+"""Figure helpers: display scaling against hand computations, figure layout against inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deconvnet_attr.viz import contrast_stretch, image_display, plot_evolution, plot_feature_grid
+
+
+def test_contrast_stretch_maps_zero_to_grey_and_percentile_to_extremes():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 1, 6, 5, generator=gen)
+    x[1] = 0.0
+    got = contrast_stretch(x, percentile=90)
+    assert got.shape == (3, 6, 5)
+    for n in (0, 2):
+        values = x[n, 0].double().numpy()
+        scale = np.percentile(np.abs(values), 90)
+        np.testing.assert_allclose(got[n], np.clip(0.5 + 0.5 * values / scale, 0, 1))
+    np.testing.assert_array_equal(got[1], 0.5)  # an all-zero projection is plain grey
+
+
+def test_contrast_stretch_colour_is_channels_last_with_one_scale_per_image():
+    x = torch.zeros(1, 3, 2, 2)
+    x[0, 0, 0, 0], x[0, 2, 1, 1] = 4.0, -2.0
+    got = contrast_stretch(x, percentile=100)
+    assert got.shape == (1, 2, 2, 3)
+    assert got[0, 0, 0, 0] == 1.0 and got[0, 1, 1, 2] == 0.25 and got[0, 1, 0, 1] == 0.5
+
+
+def test_display_inputs_are_checked():
+    with pytest.raises(ValueError, match=r"\(2, 2, 4, 4\)"):
+        contrast_stretch(torch.zeros(2, 2, 4, 4))
+    with pytest.raises(ValueError, match="percentile"):
+        contrast_stretch(torch.zeros(1, 1, 2, 2), percentile=0)
+    shown = image_display(torch.tensor([[[[-1.0, 0.25], [2.0, float("nan")]]]]))
+    assert shown[0, 0, 0] == 0 and shown[0, 0, 1] == 0.25 and shown[0, 1, 0] == 1
+    assert np.isnan(shown[0, 1, 1])
+
+
+def test_feature_grid_shows_every_projection_beside_its_patch():
+    gen = torch.Generator().manual_seed(1)
+    projections = [torch.randn(9, 3, 5, 5, generator=gen) for _ in range(3)]
+    patches = [torch.rand(9, 3, 5, 5, generator=gen) for _ in range(3)]
+    fig = plot_feature_grid(projections, patches, labels=["a", "b", "c"], blocks_per_row=2)
+    images = [ax.images[0].get_array() for ax in fig.get_axes() if ax.images]
+    assert len(images) == 3 * 2 * 9
+    # block 0, first row of the 3x3 grids: projection 0 then 1, 2, spacer, patch 0, 1, 2
+    first_block = [ax for ax in fig.subfigs[0].get_axes()]
+    np.testing.assert_allclose(first_block[0].images[0].get_array(),
+                               contrast_stretch(projections[0])[0])
+    np.testing.assert_allclose(first_block[4].images[0].get_array(),
+                               image_display(patches[0])[0])
+    assert [s._suptitle.get_text() for s in fig.subfigs[:3]] == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="2 projections but 3 patches"):
+        plot_feature_grid([projections[0][:2]], [patches[0][:3]])
+    with pytest.raises(ValueError, match="1 labels for 3 channels"):
+        plot_feature_grid(projections, patches, labels=["a"])
+
+
+def test_evolution_grid_has_a_column_per_epoch():
+    projections = torch.randn(2, 3, 1, 4, 4)
+    fig = plot_evolution(projections, [1, 5, 20], labels=["ch 0", "ch 7"])
+    axes = fig.get_axes()
+    assert len(axes) == 6
+    assert [ax.get_title() for ax in axes[:3]] == ["epoch 1", "epoch 5", "epoch 20"]
+    np.testing.assert_allclose(axes[4].images[0].get_array(),
+                               contrast_stretch(projections[1, 1:2])[0])
+    with pytest.raises(ValueError, match=r"2 epochs"):
+        plot_evolution(projections, [1, 2])
