@@ -9,6 +9,7 @@ import io
 import numpy as np
 import pytest
 import torch
+from captum.attr import LayerFeatureAblation
 from torch import nn
 
 from deconvnet_attr import LayerAblation
@@ -57,6 +58,10 @@ def setup():
     return model, x
 
 
+def model_index(model, layer):
+    return next(i for i, m in enumerate(model) if m is layer)
+
+
 def layers_of(model):
     return [model[0], model[2], model[3], model[6], model[8]]
 
@@ -73,6 +78,22 @@ def test_constant_matches_hooks(setup, value, ppe):
     for j, layer in enumerate(layers_of(model)):
         ref = hook_reference(model, x, target, [layer], lambda a, o: torch.full_like(o, value))
         torch.testing.assert_close(got[:, j], ref)
+
+
+def test_constant_matches_captum_layer_feature_ablation(setup):
+    """Captum's LayerFeatureAblation with one feature group spanning the whole layer."""
+    model, x = setup
+    target = torch.tensor([4, 0, 1, 2, 3, 1])
+    got = LayerAblation(model, layers_of(model)).attribute(
+        x, target=target, baselines=0.7, perturbations_per_eval=3
+    )
+    for j, layer in enumerate(layers_of(model)):
+        shape = model[: model_index(model, layer) + 1](x).shape
+        mask = torch.zeros((1, *shape[1:]), dtype=torch.long)
+        captum = LayerFeatureAblation(model, layer).attribute(
+            x, target=target, layer_baselines=0.7, layer_mask=mask
+        )
+        torch.testing.assert_close(got[:, j], captum.flatten(1)[:, 0])
 
 
 @pytest.mark.parametrize("target", [3, [4, 3, 2, 1, 0, 1]])
