@@ -100,14 +100,16 @@ class Window:
 class OpSpec:
     """What one traced node does to the spatial layout (see the module docstring).
 
-    For ``window`` ops, ``unpadded`` computes the op on an already padded region (padding 0)
-    and ``pad_value`` is the value the op's own padding stands for (0, or -inf for max pooling).
+    For ``window`` ops, ``unpadded`` computes the op on an already padded region (padding 0),
+    ``pad_value`` is the value the op's own padding stands for (0, or -inf for max pooling) and
+    ``macs`` the multiply-accumulates per output element (convolutions; 0 for pooling).
     """
 
     kind: str
     window: Window | None = None
     unpadded: Callable[[Tensor], Tensor] | None = None
     pad_value: float = 0.0
+    macs: int = 0
     reason: str = ""
 
 
@@ -177,7 +179,8 @@ def _conv_spec(weight: Tensor, bias: Tensor | None, stride: Any, padding: Any, d
     def unpadded(region: Tensor) -> Tensor:
         return F.conv2d(region, weight, bias, stride, 0, dilation, groups)
 
-    return OpSpec("window", window, unpadded, 0.0)
+    macs = int(weight.shape[1]) * kernel[0] * kernel[1]
+    return OpSpec("window", window, unpadded, 0.0, macs)
 
 
 def _max_pool_spec(kernel_size: Any, stride: Any, padding: Any, dilation: Any,
