@@ -367,6 +367,16 @@ def test_dropins_raise_what_captum_raises():
 
 
 # ------------------------------------------------------------------ never a trace
+def _global_hooks():
+    from torch.nn.modules import module as nn_module
+
+    return tuple(
+        len(getattr(nn_module, name))
+        for name in dir(nn_module)
+        if name.startswith("_global_") and name.endswith("hooks")
+    )
+
+
 def _snapshot(model):
     return (
         {k: v.clone() for k, v in model.state_dict().items()},
@@ -414,13 +424,13 @@ def test_model_and_inputs_untouched_even_on_error(layer):
     x = torch.randn(2, 3, 12, 12)
     x_before = x.clone()
     before = _snapshot(net)
-    modes = torch._C._len_torch_function_stack()
+    modes, global_hooks = torch._C._len_torch_function_stack(), _global_hooks()
     dp.attribute(x, target=1)
     _assert_same(before, _snapshot(net))
     with pytest.raises(ValueError, match="out of range"):
         dp.attribute(x, target=99)
     _assert_same(before, _snapshot(net))
-    assert torch._C._len_torch_function_stack() == modes
+    assert torch._C._len_torch_function_stack() == modes and _global_hooks() == global_hooks
     assert torch.equal(x, x_before) and not x.requires_grad and x.grad is None
     for cls in (Deconvolution,):
         cls(net).attribute(x, target=1)
