@@ -289,17 +289,22 @@ def _train(args: argparse.Namespace, data: Data, env: Distributed) -> Path:
         start_epoch = ckpt["epoch"] if ckpt["epoch_complete"] else ckpt["epoch"] - 1
         step = ckpt["step"]
     net = nn.parallel.DistributedDataParallel(model) if env.world > 1 else model
-    aug_gen = torch.Generator().manual_seed(args.seed * 1000 + env.rank + 7919 * start_epoch)
+    aug_gen = torch.Generator()
     if env.main:
         args.out.mkdir(parents=True, exist_ok=True)
     epoch = start_epoch
     for epoch in range(start_epoch + 1, args.epochs + 1):
         if args.max_steps is not None and step >= args.max_steps:
             break
+        # Every random stream is re-seeded from (seed, epoch, rank), so a resumed run repeats
+        # exactly the epochs an uninterrupted run would have done.
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
         else:
             sampler.generator.manual_seed(args.seed + epoch)
+        epoch_seed = (args.seed * 1009 + epoch) * 1013 + env.rank
+        torch.manual_seed(epoch_seed)  # dropout
+        aug_gen.manual_seed(epoch_seed)
         net.train()
         started, loss_sum, correct, seen, clipped = time.time(), 0.0, 0.0, 0, 0
         bar = tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", leave=False,
