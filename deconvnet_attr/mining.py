@@ -12,7 +12,7 @@ forward/backward pass.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,6 +28,7 @@ __all__ = [
     "receptive_field_patches",
     "resolve_layer",
     "top_activations",
+    "top_activations_by_layer",
 ]
 
 
@@ -80,26 +81,34 @@ class _StopForward(Exception):
     """Raised by the capture hook: nothing after the mined layer needs computing."""
 
 
-def _layer_output(model: nn.Module, layer: nn.Module, inputs: Tensor) -> Tensor:
-    """Run ``model`` on ``inputs`` up to ``layer`` and return its output, ``(N, C, *spatial)``."""
-    captured: list[Tensor] = []
+def _layer_outputs(model: nn.Module, layers: Sequence[nn.Module], inputs: Tensor) -> list[Tensor]:
+    """Run ``model`` on ``inputs`` until every layer has run; their (first-call) outputs."""
+    captured: dict[int, Tensor] = {}
 
-    def hook(_module: nn.Module, _args: object, output: object) -> None:
-        if not isinstance(output, Tensor):
-            raise TypeError(f"layer output must be a tensor, got {type(output).__name__}")
-        captured.append(output)
-        raise _StopForward
+    def hook_for(position: int):
+        def hook(_module: nn.Module, _args: object, output: object) -> None:
+            if position in captured:
+                return
+            if not isinstance(output, Tensor):
+                raise TypeError(f"layer output must be a tensor, got {type(output).__name__}")
+            captured[position] = output
+            if len(captured) == len(layers):
+                raise _StopForward
 
-    handle = layer.register_forward_hook(hook)
+        return hook
+
+    handles = [layer.register_forward_hook(hook_for(i)) for i, layer in enumerate(layers)]
     try:
         model(inputs)
     except _StopForward:
         pass
     finally:
-        handle.remove()
-    if not captured:
-        raise RuntimeError("the layer was not called during the model's forward pass")
-    return captured[0]
+        for handle in handles:
+            handle.remove()
+    missing = [layers[i] for i in range(len(layers)) if i not in captured]
+    if missing:
+        raise RuntimeError(f"layers {missing} were not called during the model's forward pass")
+    return [captured[i] for i in range(len(layers))]
 
 
 def _inputs_of(batch: object) -> Tensor:
@@ -240,51 +249,98 @@ def top_activations(
         ``DataLoader`` with a ``DistributedSampler`` and ``indices`` are then the data-set indices
         its sampler yields.
     """
+    return _mine(model, [layer], data, k, [channels], batch_size, progress)[0]
+
+
+def top_activations_by_layer(
+    model: nn.Module,
+    layers: Sequence[str] | Mapping[str, Sequence[int] | Tensor | None],
+    data: Tensor | Iterable,
+    k: int = 9,
+    *,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> dict[str, TopActivations]:
+    """:func:`top_activations` for several layers in one pass over ``data``.
+
+    Args:
+        layers: layer names, or a mapping from layer name to the channels to mine (``None``: all).
+        model, data, k, batch_size, progress: as in :func:`top_activations`; the forward pass of
+            each batch stops after the last of the layers has run.
+
+    Returns:
+        ``{name: TopActivations}`` in the order of ``layers``.
+    """
+    if isinstance(layers, str):
+        raise TypeError(f"layers must be a sequence or mapping of names, not the string {layers!r}")
+    wanted = dict(layers) if isinstance(layers, Mapping) else dict.fromkeys(layers)
+    if not wanted:
+        raise ValueError("layers is empty")
+    mined = _mine(model, list(wanted), data, k, list(wanted.values()), batch_size, progress)
+    return dict(zip(wanted, mined, strict=True))
+
+
+def _mine(
+    model: nn.Module,
+    layers: Sequence[nn.Module | str],
+    data: Tensor | Iterable,
+    k: int,
+    channels: Sequence[Sequence[int] | Tensor | None],
+    batch_size: int,
+    progress: bool,
+) -> list[TopActivations]:
+    """The streaming top-k of each of ``layers`` (with its ``channels``), one pass over ``data``."""
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    module = resolve_layer(model, layer)
+    modules = [resolve_layer(model, layer) for layer in layers]
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
 
     batches, length = _batches(data, batch_size, rank, world)
-    chosen: Tensor | None = None
-    best: tuple[Tensor, ...] | None = None
+    chosen: list[Tensor] = []
+    best: list[tuple[Tensor, ...]] = []
     with torch.no_grad():
         for inputs, positions in tqdm(
             batches, total=length, desc="top activations", disable=not progress or rank != 0
         ):
             if len(inputs) == 0:
                 continue
-            out = _layer_output(model, module, inputs.to(device))
-            if out.dim() < 2:
-                raise ValueError(f"layer output must be (N, C, ...), got shape {tuple(out.shape)}")
-            if chosen is None:
-                chosen = _channels(channels, out.shape[1])
-            maps = out[:, chosen]
-            flat = (maps.flatten(2) if maps.dim() > 2 else maps[..., None]).float().cpu()
-            batch_values, unit = flat.max(dim=2)  # first maximal unit on ties
-            batch_locations = _unravel(unit, out.shape[2:])  # (B, C, S)
-            candidates = (
-                batch_values.T,
-                positions[None, :].expand(len(chosen), -1),
-                batch_locations.transpose(0, 1),
-            )
-            best = candidates if best is None else tuple(
-                torch.cat([a, b], dim=1) for a, b in zip(best, candidates, strict=True)
-            )
-            best = _select(*best, k)
+            outputs = _layer_outputs(model, modules, inputs.to(device))
+            for i, out in enumerate(outputs):
+                if out.dim() < 2:
+                    raise ValueError(
+                        f"output of layer {layers[i]!r} must be (N, C, ...), got shape "
+                        f"{tuple(out.shape)}"
+                    )
+                if len(chosen) == i:
+                    chosen.append(_channels(channels[i], out.shape[1]))
+                candidates = _candidates(out, chosen[i], positions)
+                if len(best) == i:
+                    best.append(_select(*candidates, k))
+                else:
+                    pairs = zip(best[i], candidates, strict=True)
+                    best[i] = _select(*(torch.cat(pair, dim=1) for pair in pairs), k)
 
     if distributed:
-        if chosen is None or best is None:
+        if not best:
             raise ValueError(f"rank {rank} received no data to mine")
-        best = _merge_ranks(*best, k)
-    if chosen is None or best is None:
+        best = [_merge_ranks(*b, k) for b in best]
+    if not best:
         raise ValueError("data is empty: no batches to mine")
-    values, indices, locations = best
-    return TopActivations(values, indices, locations, chosen)
+    return [TopActivations(*b, c) for b, c in zip(best, chosen, strict=True)]
+
+
+def _candidates(out: Tensor, chosen: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Each image's strongest unit per chosen channel: values/positions ``(C, B)``, locations
+    ``(C, B, S)``; on ties the first unit in row-major order."""
+    maps = out[:, chosen]
+    flat = (maps.flatten(2) if maps.dim() > 2 else maps[..., None]).float().cpu()
+    values, unit = flat.max(dim=2)
+    locations = _unravel(unit, out.shape[2:])  # (B, C, S)
+    return values.T, positions[None, :].expand(len(chosen), -1), locations.transpose(0, 1)
 
 
 def _channels(channels: Sequence[int] | Tensor | None, num_channels: int) -> Tensor:

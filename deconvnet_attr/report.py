@@ -34,7 +34,7 @@ from deconvnet_attr.mining import (
     TopActivations,
     project_top_activations,
     receptive_field_patches,
-    top_activations,
+    top_activations_by_layer,
 )
 
 __all__ = ["SECTIONS", "ReportContext", "Section", "build_report", "main", "parse_args"]
@@ -54,7 +54,9 @@ class ReportContext:
 
     ``data`` is a map-style dataset of ``(image, label)`` pairs, images ``(C, H, W)`` in [0, 1]
     (labels are -1 when unknown); ``layers`` are names of spatial layers of ``model`` analysed in
-    the per-layer sections; ``checkpoints`` maps an epoch to a model (training snapshots).
+    the per-layer sections; ``checkpoints`` maps an epoch to a model (training snapshots);
+    ``parts`` are the object parts of the correspondence analysis
+    (:data:`~deconvnet_attr.analysis.correspondence.FASHION_MNIST_PARTS` for Fashion-MNIST).
     """
 
     model: nn.Module
@@ -72,6 +74,7 @@ class ReportContext:
     progress: bool = True
     quick: bool = False
     command: str = ""
+    parts: Sequence | None = None
     mined: dict[str, TopActivations] = field(default_factory=dict)
 
     def loader(self) -> DataLoader:
@@ -189,12 +192,11 @@ def feature_grid_section(ctx: ReportContext) -> Section:
             "Strongest first, row by row."
         )
     ]
-    for layer in ctx.layers:
-        top = top_activations(
-            ctx.model, layer, ctx.loader(), k=ctx.k, batch_size=ctx.batch_size,
-            progress=ctx.progress,
-        )
-        ctx.mined[layer] = top
+    ctx.mined = top_activations_by_layer(
+        ctx.model, ctx.layers, ctx.loader(), k=ctx.k, batch_size=ctx.batch_size,
+        progress=ctx.progress,
+    )
+    for layer, top in ctx.mined.items():
         shown = _subset(top, _strongest_channels(top, ctx.channels))
         projections = project_top_activations(
             ctx.model, layer, ctx.data, shown, batch_size=ctx.batch_size, progress=ctx.progress
@@ -235,15 +237,18 @@ def evolution_section(ctx: ReportContext) -> Section | None:
         )
     ]
     per_layer = max(1, min(ctx.channels // 2, 6))
-    for layer in ctx.layers:
-        top = ctx.mined.get(layer) or top_activations(
-            ctx.model, layer, ctx.loader(), k=1, batch_size=ctx.batch_size, progress=ctx.progress
-        )
-        channels = top.channels[_strongest_channels(top, per_layer)]
-        result = feature_evolution(
-            ctx.checkpoints, layer, ctx.data, channels, batch_size=ctx.batch_size,
+    if not ctx.mined:
+        ctx.mined = top_activations_by_layer(
+            ctx.model, ctx.layers, ctx.loader(), k=1, batch_size=ctx.batch_size,
             progress=ctx.progress,
         )
+    followed = {
+        layer: top.channels[_strongest_channels(top, per_layer)] for layer, top in ctx.mined.items()
+    }
+    results = feature_evolution(
+        ctx.checkpoints, followed, ctx.data, batch_size=ctx.batch_size, progress=ctx.progress
+    )
+    for layer, result in results.items():
         rf = _field(ctx, layer)
         projections = result.projections
         if rf is not None and result.locations.shape[2] == 2:
@@ -251,7 +256,8 @@ def evolution_section(ctx: ReportContext) -> Section | None:
             cropped = receptive_field_patches(flat, result.locations.flatten(0, 1), rf)
             projections = cropped.reshape(*projections.shape[:2], *cropped.shape[1:])
         fig = plot_evolution(
-            projections, result.epochs.tolist(), labels=[f"ch {int(c)}" for c in channels],
+            projections, result.epochs.tolist(),
+            labels=[f"ch {int(c)}" for c in result.channels],
             title=f"{layer}: strongest projection per epoch",
         )
         body.append(f"<h3>{html.escape(layer)}</h3>")
@@ -275,7 +281,7 @@ def ablation_section(ctx: ReportContext) -> Section | None:
         groups = {layer: [modules[layer]] for layer in ctx.layers}
         which = "each analysed layer"
     table = ablation_study(
-        ctx.model, ctx.images(), groups, baselines="mean", batch_size=ctx.batch_size,
+        ctx.model, ctx.loader(), groups, baselines="mean", batch_size=ctx.batch_size,
         show_progress=ctx.progress,
     )
     header, *rows = [line.split(",") for line in table.to_csv().strip().splitlines()]
@@ -286,6 +292,84 @@ def ablation_section(ctx: ReportContext) -> Section | None:
     )
     figure = ctx.save(fig, "ablation.png", "accuracy with each layer mean-ablated")
     return Section("Layer ablation", intro + html_table(header, rows) + figure)
+
+
+def _low_high_layers(ctx: ReportContext, low: str, high: str) -> list[str]:
+    """The paper's pair of layers when the model has them, else the first and last analysed."""
+    modules = dict(ctx.model.named_modules())
+    if low in modules and high in modules:
+        return [low, high]
+    return list(dict.fromkeys([ctx.layers[0], ctx.layers[-1]]))
+
+
+def _one_per_class(ctx: ReportContext, count: int) -> tuple[Tensor, Tensor]:
+    """Up to ``count`` images of different classes (the first of each), with their labels.
+
+    Without known labels: the first ``count`` images, labelled with the model's prediction.
+    """
+    images, labels = ctx.images()
+    if ctx.has_labels:
+        firsts = [int((labels == c).nonzero()[0]) for c in labels.unique().tolist()][:count]
+        return images[firsts], labels[firsts]
+    images = images[:count]
+    device = next(ctx.model.parameters()).device
+    with torch.no_grad():
+        predicted = ctx.model(images.to(device)).argmax(1).cpu()
+    return images, predicted
+
+
+def invariance_section(ctx: ReportContext) -> Section:
+    """Fig. 5: feature distance and true-class probability under translation, scale, rotation."""
+    from deconvnet_attr.analysis.invariance import invariance_curves, plot_invariance
+
+    images, labels = _one_per_class(ctx, 5)
+    layers = _low_high_layers(ctx, "conv1", "fc7")
+    result = invariance_curves(ctx.model, images, labels, layers, batch_size=ctx.batch_size)
+    fig = plot_invariance(result, images, ctx.class_names if ctx.has_labels else None)
+    intro = _paragraph(
+        f"{len(images)} images, each shifted vertically, scaled and rotated step by step. Rows: "
+        f"the Euclidean distance between the {' and '.join(layers)} feature vectors of the "
+        "original and the transformed image, then the probability of the "
+        + ("true class." if ctx.has_labels else "class predicted for the original image.")
+        + " Small distances at the upper layer mean an invariant representation."
+    )
+    return Section("Invariance (Fig. 5)", intro + ctx.save(fig, "fig5-invariance.png",
+                                                            "invariance curves"))
+
+
+def correspondence_section(ctx: ReportContext) -> Section | None:
+    """Sec. 5.3 / Table 1: Δ for the same part occluded in several images vs random boxes."""
+    if not ctx.parts or not ctx.has_labels:
+        return None
+    from deconvnet_attr.analysis.correspondence import (
+        correspondence_markdown,
+        correspondence_table,
+        plot_correspondence,
+    )
+
+    images, labels = ctx.images()
+    per_class = min(int((labels == part.label).sum()) for part in ctx.parts)
+    if per_class < 2:
+        return None
+    layers = _low_high_layers(ctx, "conv5", "fc7")
+    table = correspondence_table(
+        ctx.model, images, labels, layers, parts=ctx.parts, n_images=min(5, per_class),
+        n_sets=2 if ctx.quick else 5, batch_size=ctx.batch_size,
+    )
+    header, _, *rows = [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in correspondence_markdown(table).strip().splitlines()
+    ]
+    fig = plot_correspondence(table, images, labels)
+    intro = _paragraph(
+        f"For each part, the same box is occluded in {table.n_images} images of its class and "
+        "Δ = mean pairwise normalised Hamming distance between the signs of the feature changes "
+        f"at {' and '.join(layers)} is computed (lower = more consistent change, i.e. the layer "
+        "establishes a correspondence between the parts); controls: a random box of the same "
+        "size per image, and one shared random box. Mean ± std over random image sets."
+    )
+    body = intro + html_table(header, rows) + ctx.save(fig, "correspondence.png", "Δ per part")
+    return Section("Correspondence analysis (Sec. 5.3, Table 1)", body)
 
 
 SECTIONS: list[SectionBuilder] = [
@@ -388,11 +472,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true",
-                   help="a small smoke-test report: 32 images, 4 channels, top-4")
+                   help="a small smoke-test report: 64 images, 4 channels, top-4, 2 layers")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = p.parse_args(argv)
     if args.quick:
-        args.max_images, args.channels, args.k = min(args.max_images, 32), 4, 4
+        args.max_images, args.channels, args.k = min(args.max_images, 64), 4, 4
     for name in ("max_images", "k", "channels", "batch_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -477,6 +561,7 @@ def context_from_args(args: argparse.Namespace, command: str = "") -> ReportCont
     from deconvnet_attr import models
 
     checkpoints: dict[int, nn.Module] | None = None
+    parts = None
     if args.model is None and args.weights is None:
         model: nn.Module = models.load_reference()
         name = "ZFNet (Fashion-MNIST reference)"
@@ -515,6 +600,9 @@ def context_from_args(args: argparse.Namespace, command: str = "") -> ReportCont
         dataset: Dataset = _evenly(TensorDataset(images, labels), args.max_images)
         data_name, has_labels = "bundled Fashion-MNIST evaluation subset", True
         class_names = class_names or data_module.FASHION_MNIST_CLASSES
+        from deconvnet_attr.analysis.correspondence import FASHION_MNIST_PARTS
+
+        parts = FASHION_MNIST_PARTS
     else:
         in_channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
         transform = data_module.image_folder_transform(args.input_size, in_channels, train=False)
@@ -543,7 +631,7 @@ def context_from_args(args: argparse.Namespace, command: str = "") -> ReportCont
         model=model, model_name=name, data=dataset, data_name=data_name, layers=layers,
         out=args.out, class_names=class_names, has_labels=has_labels, checkpoints=checkpoints,
         k=args.k, channels=args.channels, batch_size=args.batch_size,
-        progress=not args.no_progress, quick=args.quick, command=command,
+        progress=not args.no_progress, quick=args.quick, command=command, parts=parts,
     )
 
 

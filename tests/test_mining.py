@@ -14,7 +14,12 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from deconvnet_attr.deconv import DeconvProjection
-from deconvnet_attr.mining import project_top_activations, receptive_field_patches, top_activations
+from deconvnet_attr.mining import (
+    project_top_activations,
+    receptive_field_patches,
+    top_activations,
+    top_activations_by_layer,
+)
 
 
 def small_cnn() -> nn.Sequential:
@@ -268,3 +273,18 @@ def test_receptive_field_patches_match_pixelwise_crop():
     whole = receptive_field_patches(images, locations, SimpleNamespace(
         size=(30, 12), stride=(1, 1), offset=(-9, 0)))
     assert torch.equal(whole, images)
+
+
+def test_several_layers_in_one_pass_equal_separate_calls():
+    model, images = small_cnn(), dataset()
+    calls = []
+    model[6].register_forward_hook(lambda *args: calls.append(1))
+    both = top_activations_by_layer(model, {"4": [3, 1], "0": None}, images, k=5, progress=False)
+    assert list(both) == ["4", "0"]
+    assert not calls  # the forward pass stops once conv/relu outputs are captured
+    for name, channels in (("4", [3, 1]), ("0", None)):
+        alone = top_activations(model, name, images, k=5, channels=channels, progress=False)
+        for field in ("values", "indices", "locations", "channels"):
+            assert torch.equal(getattr(both[name], field), getattr(alone, field))
+    with pytest.raises(TypeError, match="'conv1'"):
+        top_activations_by_layer(model, "conv1", images)

@@ -1,9 +1,9 @@
 """Evolution of features during training (Zeiler & Fergus 2013, Fig. 4).
 
 For each training checkpoint, the strongest activation of each chosen channel over a data set is
-found (:func:`~deconvnet_attr.mining.top_activations` with ``k=1``) and projected to pixel space
-with the deconvnet. Read along a row of the figure, a feature sharpens as training goes on; the
-paper notes that lower layers converge within a few epochs and upper layers only after many.
+found (:func:`~deconvnet_attr.mining.top_activations_by_layer` with ``k=1``) and projected to pixel
+space with the deconvnet. Read along a row of the figure, a feature sharpens as training goes on;
+the paper notes that lower layers converge within a few epochs and upper layers only after many.
 """
 
 from __future__ import annotations
@@ -15,7 +15,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from deconvnet_attr.mining import project_top_activations, top_activations
+from deconvnet_attr.mining import (
+    TopActivations,
+    project_top_activations,
+    top_activations_by_layer,
+)
 
 __all__ = ["FeatureEvolution", "feature_evolution"]
 
@@ -43,54 +47,55 @@ class FeatureEvolution:
 
 def feature_evolution(
     checkpoints: Mapping[int, nn.Module],
-    layer: str,
+    layers: Mapping[str, Sequence[int] | Tensor | None],
     data: Tensor | Dataset | DataLoader,
-    channels: Sequence[int] | Tensor | None = None,
     *,
     batch_size: int = 64,
     progress: bool = True,
-) -> FeatureEvolution:
-    """Follow the strongest activation of ``channels`` of ``layer`` across training checkpoints.
+) -> dict[str, FeatureEvolution]:
+    """Follow the strongest activation of chosen channels across training checkpoints.
 
     Args:
         checkpoints: ``{epoch: model}`` — the same architecture at several epochs (e.g.
             :func:`deconvnet_attr.models.load_checkpoints`), each run as given (eval mode).
-        layer: the layer's name in every model (``"conv2"``), resolved per checkpoint.
+        layers: ``{layer name: channels}`` (``None``: all channels); names are resolved in every
+            checkpoint. All layers are mined in one pass over ``data`` per checkpoint.
         data: inputs with random access: a tensor ``(N, ...)``, a map-style dataset or a
             DataLoader over one (see :func:`~deconvnet_attr.mining.project_top_activations`).
-        channels: channels to follow (default: all).
         batch_size: examples per forward pass while mining, seeds per projection batch.
         progress: show progress bars.
 
     Returns:
-        :class:`FeatureEvolution` with one column per checkpoint, in epoch order.
+        ``{layer name: FeatureEvolution}``, one column per checkpoint, in epoch order.
     """
-    if not isinstance(layer, str):
-        raise TypeError(
-            f"layer must be a name valid in every checkpoint, got {type(layer).__name__}"
-        )
+    if isinstance(layers, str) or not isinstance(layers, Mapping) or not layers:
+        raise TypeError(f"layers must be a non-empty mapping name -> channels, got {layers!r}")
     if not checkpoints:
         raise ValueError("checkpoints is empty")
     epochs = sorted(checkpoints)
-    mined = []
+    columns: dict[str, list[tuple[TopActivations, Tensor]]] = {name: [] for name in layers}
     for epoch in epochs:
         model = checkpoints[epoch]
-        top = top_activations(
-            model, layer, _mining_input(data, batch_size), k=1, channels=channels,
-            batch_size=batch_size, progress=progress,
+        mined = top_activations_by_layer(
+            model, layers, _mining_input(data, batch_size), k=1, batch_size=batch_size,
+            progress=progress,
         )
-        projections = project_top_activations(
-            model, layer, data, top, batch_size=batch_size, progress=progress
+        for name, top in mined.items():
+            projections = project_top_activations(
+                model, name, data, top, batch_size=batch_size, progress=progress
+            )
+            columns[name].append((top, projections))
+    return {
+        name: FeatureEvolution(
+            epochs=torch.tensor(epochs),
+            channels=column[0][0].channels,
+            values=torch.cat([top.values for top, _ in column], dim=1),
+            indices=torch.cat([top.indices for top, _ in column], dim=1),
+            locations=torch.cat([top.locations for top, _ in column], dim=1),
+            projections=torch.cat([p for _, p in column], dim=1),
         )
-        mined.append((top, projections))
-    return FeatureEvolution(
-        epochs=torch.tensor(epochs),
-        channels=mined[0][0].channels,
-        values=torch.cat([top.values for top, _ in mined], dim=1),
-        indices=torch.cat([top.indices for top, _ in mined], dim=1),
-        locations=torch.cat([top.locations for top, _ in mined], dim=1),
-        projections=torch.cat([p for _, p in mined], dim=1),
-    )
+        for name, column in columns.items()
+    }
 
 
 def _mining_input(data: Tensor | Dataset | DataLoader, batch_size: int) -> Tensor | Iterable:
