@@ -80,6 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="feature-scale clipping radius; 0 disables")
     p.add_argument("--remove", default="",
                    help=f"comma-separated layers to leave out ({', '.join(REMOVABLE_LAYERS)})")
+    p.add_argument("--shift", type=int, default=0,
+                   help="Fashion-MNIST augmentation: random translation of up to this many pixels "
+                        "(random horizontal flips are always applied)")
     p.add_argument("--max-steps", type=int, default=None,
                    help="stop after this many optimiser steps in total (smoke tests)")
     p.add_argument("--snapshot-epochs", help="comma-separated epochs to save fp16 model files at")
@@ -102,6 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--lr must be > 0, got {args.lr}")
     if args.max_steps is not None and args.max_steps < 1:
         p.error(f"--max-steps must be >= 1, got {args.max_steps}")
+    if args.shift < 0:
+        p.error(f"--shift must be >= 0, got {args.shift}")
     if args.clip_rms < 0:
         p.error(f"--clip-rms must be >= 0, got {args.clip_rms}")
     args.remove = tuple(n for n in args.remove.split(",") if n)
@@ -316,7 +321,7 @@ def _train(args: argparse.Namespace, data: Data, env: Distributed) -> Path:
                 complete = False
                 break
             if data.tensor_augment:
-                x = translate_flip(x, aug_gen)
+                x = translate_flip(x, aug_gen, args.shift)
             x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
             logits = net(x)
             loss = F.cross_entropy(logits, y)

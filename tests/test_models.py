@@ -83,14 +83,14 @@ def test_zfnet_fashion_shapes_and_layer_names():
     sizes = map_sizes(model, torch.rand(3, 1, 28, 28))
     spatial = [sizes[n][-1] for n in ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4",
                                       "conv5", "pool5")]
-    assert spatial == [14, 7, 7, 4, 4, 4, 4, 2]
+    assert spatial == [28, 14, 14, 7, 7, 7, 7, 3]
     assert sizes["fc8"] == (10,)
     assert model.conv1.kernel_size == (7, 7)
     assert all(getattr(model, f"conv{i}").kernel_size == (3, 3) for i in (3, 4, 5))
     assert sum(p.numel() for p in model.parameters()) == (
-        conv_params(1, 24, 7) + conv_params(24, 48, 5) + conv_params(48, 64, 3)
-        + conv_params(64, 64, 3) + conv_params(64, 48, 3) + fc_params(48 * 4, 256)
-        + fc_params(256, 256) + fc_params(256, 10))
+        conv_params(1, 16, 7) + conv_params(16, 32, 5) + conv_params(32, 48, 3)
+        + conv_params(48, 48, 3) + conv_params(48, 32, 3) + fc_params(32 * 9, 384)
+        + fc_params(384, 384) + fc_params(384, 10))
 
 
 def test_normalisation_inside_model():
@@ -116,7 +116,7 @@ def test_remove_conv3_conv4_bridges_channels():
     model = zfnet_fashion(remove=("conv3", "conv4"))
     assert model.conv5.in_channels == model.conv2.out_channels
     model = zfnet_fashion(remove=("fc6", "fc7"))
-    assert model.fc8.in_features == 48 * 2 * 2
+    assert model.fc8.in_features == 32 * 3 * 3
 
 
 def test_remove_errors():

@@ -1,9 +1,10 @@
 """Saving and loading ZFNet model files, and the bundled reference model with its snapshots.
 
-A model file is a ``torch.save`` dict with ``arch`` ("zfnet" or "zfnet-fashion"), ``num_classes``,
-``remove`` (removed layer names), ``class_names`` (tuple or None), ``epoch`` and ``model`` (the
-state dict). Training checkpoints written by :mod:`deconvnet_attr.train` hold the same keys plus
-the optimiser state, so :func:`load_model` reads both.
+A model file is a ``torch.save`` dict with ``arch`` ("zfnet" or "zfnet-fashion"), ``config`` (the
+:class:`~.zfnet.ZFNetConfig` fields, so a file keeps loading if an arch's default sizes change),
+``num_classes``, ``remove`` (removed layer names), ``class_names`` (tuple or None), ``epoch`` and
+``model`` (the state dict). Training checkpoints written by :mod:`deconvnet_attr.train` hold the
+same keys plus the optimiser state, so :func:`load_model` reads both.
 
 Shipped under ``deconvnet_attr/models/weights/``: ``zfnet_fashion.pt`` (the reference model, fp32)
 and ``zfnet_fashion_epochNNN.pt`` (training-evolution snapshots, fp16), all trained by
@@ -12,6 +13,7 @@ and ``zfnet_fashion_epochNNN.pt`` (training-evolution snapshots, fp16), all trai
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .zfnet import ZFNet, zfnet, zfnet_fashion
+from .zfnet import ZFNet, ZFNetConfig, build_zfnet, zfnet, zfnet_fashion
 
 __all__ = ["ARCHS", "REFERENCE_FILE", "build_model", "load_checkpoints", "load_model",
            "load_reference", "model_record", "save_model"]
@@ -46,6 +48,7 @@ def model_record(model: ZFNet, arch: str, epoch: int, dtype: torch.dtype | None 
     }
     return {
         "arch": arch,
+        "config": dataclasses.asdict(model.config),
         "num_classes": model.num_classes,
         "remove": list(model.removed),
         "class_names": None if model.class_names is None else list(model.class_names),
@@ -76,7 +79,11 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     missing = {"arch", "num_classes", "remove", "model"} - set(record)
     if missing:
         raise ValueError(f"{path} is not a deconvnet-attr model file (missing {sorted(missing)})")
-    model = build_model(record["arch"], record["num_classes"], record["remove"])
+    if "config" in record:
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in record["config"].items()}
+        model = build_zfnet(ZFNetConfig(**fields), record["num_classes"], record["remove"])
+    else:
+        model = build_model(record["arch"], record["num_classes"], record["remove"])
     model.load_state_dict({k: v.float() if v.is_floating_point() else v
                            for k, v in record["model"].items()})
     names = record.get("class_names")

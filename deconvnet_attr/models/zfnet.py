@@ -97,10 +97,10 @@ ZFNET_IMAGENET = ZFNetConfig(
     mean=IMAGENET_MEAN, std=IMAGENET_STD, init="paper",
 )
 
-# 28 -> conv1 14 -> pool1 7 -> conv2 7 -> pool2 4 -> conv3..5 4 -> pool5 2; fc6 has 48*4 inputs.
+# 28 -> conv1 28 -> pool1 14 -> conv2 14 -> pool2 7 -> conv3..5 7 -> pool5 3; fc6 has 32*9 inputs.
 ZFNET_FASHION = ZFNetConfig(
-    in_channels=1, input_size=28, conv1=(24, 7, 2, 3), conv2=(48, 5, 1, 2),
-    convs=(64, 64, 48), pool_padding=(1, 1, 1), pool5_size=2, fc=(256, 256),
+    in_channels=1, input_size=28, conv1=(16, 7, 1, 3), conv2=(32, 5, 1, 2),
+    convs=(48, 48, 32), pool_padding=(1, 1, 0), pool5_size=3, fc=(384, 384),
     mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, init="kaiming",
 )
 
@@ -198,10 +198,11 @@ def zfnet(num_classes: int = 1000, remove: Sequence[str] = ()) -> ZFNet:
 def zfnet_fashion(num_classes: int = 10, remove: Sequence[str] = ()) -> ZFNet:
     """The small variant for ``(N, 1, 28, 28)`` grayscale images in [0, 1] → ``(N, num_classes)``.
 
-    Same topology as :func:`zfnet` (7x7 stride-2 conv1, two pooled and contrast-normalised stages,
-    three 3x3 convs, pool5, two dropout fc layers) with a stride-1 conv2 and narrow layers
-    (24-48-64-64-48 channels, fc 256-256; 240,154 parameters for 10 classes) so that it trains on
-    2 CPU cores. Map sizes 28 → 14 → 7 → 7 → 4 → 4 → 4 → 4 → 2, 192 inputs to fc6.
+    Same topology as :func:`zfnet` (7x7 conv1, two pooled and contrast-normalised stages, three
+    3x3 convs, pool5, two dropout fc layers) with stride-1 conv1/conv2 (the input is 8x smaller)
+    and narrow layers (16-32-48-48-32 channels, fc 384-384; 322,186 parameters for 10 classes) so
+    that it trains on 2 CPU cores. Map sizes 28 → 28 → 14 → 14 → 7 → 7 → 7 → 7 → 3, 288 inputs
+    to fc6.
 
     Deviation from the paper: He (Kaiming) normal initialisation instead of N(0, 0.01). With these
     narrow fan-ins, N(0, 0.01) shrinks the activation scale about 8x per layer (fc8 outputs have a
