@@ -108,8 +108,17 @@ def test_remove_layers_reconnects_shapes(remove):
     for name in remove:
         assert not hasattr(model, name)
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
-    full = sum(p.numel() for p in zfnet_fashion().parameters())
-    assert sum(p.numel() for p in model.parameters()) < full
+    # The documented bridging rule, by hand: the next remaining layer takes the previous width.
+    expected, channels = conv_params(1, 16, 7) + conv_params(16, 32, 5), 32
+    for name, width in (("conv3", 48), ("conv4", 48), ("conv5", 32)):
+        if name not in remove:
+            expected, channels = expected + conv_params(channels, width, 3), width
+    features = channels * 3 * 3
+    for name in ("fc6", "fc7"):
+        if name not in remove:
+            expected, features = expected + fc_params(features, 384), 384
+    expected += fc_params(features, 10)
+    assert sum(p.numel() for p in model.parameters()) == expected
 
 
 def test_remove_conv3_conv4_bridges_channels():
