@@ -1,6 +1,7 @@
 """deconvnet-attr: the Zeiler & Fergus (2013) toolkit as a Captum plugin."""
 
 from .ablation import LayerAblation as LayerAblation
+from .clipping import feature_scale_clip as feature_scale_clip
 from .deconv import Deconvolution as Deconvolution
 from .deconv import DeconvProjection as DeconvProjection
 from .deconv import NeuronDeconvolution as NeuronDeconvolution
@@ -9,5 +10,9 @@ from .geometry import receptive_field_table as receptive_field_table
 from .mining import TopActivations as TopActivations
 from .mining import project_top_activations as project_top_activations
 from .mining import top_activations as top_activations
+from .models import load_checkpoints as load_checkpoints
+from .models import load_reference as load_reference
+from .models import zfnet as zfnet
+from .models import zfnet_fashion as zfnet_fashion
 
 __version__ = "0.1.0"
