@@ -14,5 +14,6 @@ from .models import load_checkpoints as load_checkpoints
 from .models import load_reference as load_reference
 from .models import zfnet as zfnet
 from .models import zfnet_fashion as zfnet_fashion
+from .occlusion import Occlusion as Occlusion
 
 __version__ = "0.1.0"

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.fx import Node
 from torch.fx.node import map_arg
 
@@ -41,6 +41,7 @@ _VIEW_METHODS = {
     "split", "chunk", "squeeze", "unsqueeze", "expand", "expand_as", "detach", "t", "as_strided",
     "contiguous", "view_as", "unbind",
 }
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 _INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv,
                       torch.relu_}
 
@@ -90,6 +91,24 @@ def _inplace(node: Node, modules: dict[str, Any]) -> bool:
     if node.op == "call_function":
         return node.target in _INPLACE_FUNCTIONS or node.kwargs.get("inplace") is True
     return node.op == "call_method" and str(node.target).endswith("_")
+
+
+def _module_reason(fn: Any) -> str | None:
+    """Why ``fn``'s forward passes must run as they are, if they must.
+
+    Hooks would see rectangles instead of maps (or, for traced-through modules, tracer proxies);
+    training mode makes BatchNorm depend on the batch and dropout random.
+    """
+    if not isinstance(fn, nn.Module):
+        return None
+    for name, module in fn.named_modules():
+        if any(getattr(module, hooks, None) for hooks in _HOOK_DICTS):
+            return f"module {name or type(fn).__name__!r} has hooks"
+        if module.training:
+            return f"module {name or type(fn).__name__!r} is in training mode"
+    if any(getattr(nn.modules.module, f"_global{hooks}", None) for hooks in _HOOK_DICTS):
+        return "global module hooks are registered"
+    return None
 
 
 def _aliasing_hazard(net: TracedNet) -> str | None:
@@ -164,13 +183,14 @@ class IncrementalForward:
 
     ``fn`` is an ``nn.Module`` or a function ``torch.fx`` can trace. The first call must carry
     the unperturbed inputs (N examples); later calls carry ``B = k * N`` perturbed copies in
-    Captum's layout. Anything the engine cannot handle -- ``fn`` not traceable, in-place aliasing,
-    inputs of other shapes -- is passed to ``fn`` unchanged; ``reason`` says why.
+    Captum's layout. Anything the engine cannot handle -- ``fn`` not traceable, a module with
+    hooks or in training mode, in-place aliasing, inputs of other shapes -- is passed to ``fn``
+    unchanged; ``reason`` says why.
     ``full_fraction``: an op whose changed output rectangle covers at least this fraction of its
     map is computed in full (and so is everything after it).
     """
 
-    def __init__(self, fn: Callable[..., Any], *, full_fraction: float = 0.6) -> None:
+    def __init__(self, fn: Callable[..., Any], *, full_fraction: float = 0.9) -> None:
         self.fn = fn
         self.full_fraction = full_fraction
         self.net: TracedNet | None = None
@@ -198,6 +218,9 @@ class IncrementalForward:
             return self._run(args, batch // self._examples)
 
     def _start(self, args: tuple) -> Any:
+        self.reason = _module_reason(self.fn)
+        if self.reason is not None:
+            return self.fn(*args)
         try:
             net = trace(self.fn, args, keep_values=True)
         except GeometryError as error:

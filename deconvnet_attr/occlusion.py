@@ -54,8 +54,9 @@ class Occlusion(CaptumOcclusion):
     Captum's class (see its documentation, reproduced by ``help(captum.attr.Occlusion)``).
     For a traceable ``forward_func`` the occluded batches are evaluated by exact incremental
     inference (``deconvnet_attr.incremental``); otherwise -- an untraceable callable such as a
-    lambda that calls a model, a model in training mode, in-place aliasing -- by Captum's full
-    recomputation. ``last_run`` records which path the last call took.
+    lambda that calls a model, a model with hooks or in training mode, in-place aliasing -- by
+    full recomputation, exactly as Captum does. ``last_run`` records which path the last call
+    took.
     """
 
     def __init__(self, forward_func: Callable[..., Tensor]) -> None:
@@ -79,20 +80,13 @@ class Occlusion(CaptumOcclusion):
         the mean over the windows covering it of ``output(input) - output(occluded input)``
         for ``target``.
         """
-        fn = _traceable(self.forward_func)
-        training = isinstance(fn, nn.Module) and any(m.training for m in fn.modules())
-        arguments = dict(
-            inputs=inputs, sliding_window_shapes=sliding_window_shapes, strides=strides,
-            baselines=baselines, target=target, additional_forward_args=additional_forward_args,
+        engine = IncrementalForward(_traceable(self.forward_func))
+        result = CaptumOcclusion(engine).attribute(
+            inputs, sliding_window_shapes, strides=strides, baselines=baselines, target=target,
+            additional_forward_args=additional_forward_args,
             perturbations_per_eval=perturbations_per_eval, show_progress=show_progress)
-        if training:
-            result = super().attribute(**arguments)
-            self.last_run = OcclusionRun("full", "the model is in training mode", RunStats())
-        else:
-            engine = IncrementalForward(fn)
-            result = CaptumOcclusion(engine).attribute(**arguments)
-            path = "incremental" if engine.incremental else "full"
-            self.last_run = OcclusionRun(path, engine.reason, engine.stats)
+        path = "incremental" if engine.incremental else "full"
+        self.last_run = OcclusionRun(path, engine.reason, engine.stats)
         if self.last_run.path == "incremental":
             logger.debug("incremental inference: %d batches, theoretical conv speedup %.2fx",
                          self.last_run.stats.batches, self.last_run.stats.theoretical_speedup)
