@@ -40,7 +40,7 @@ from .data import (
     image_folder_transform,
     load_fashion_mnist,
 )
-from .models.reference import ARCHS, build_model, model_record, save_model
+from .models.reference import ARCH_CONFIGS, ARCHS, build_model, model_record, save_model
 from .models.zfnet import REMOVABLE_LAYERS, ZFNet
 
 __all__ = ["main", "parse_args", "translate_flip"]
@@ -132,7 +132,7 @@ class Data:
 
 def load_data(args: argparse.Namespace) -> Data:
     """Load ``--data`` for ``--arch``; raises before training on a missing or empty data set."""
-    spec = ARCHS[args.arch](num_classes=1).config
+    spec = ARCH_CONFIGS[args.arch]
     if args.data == "fashion-mnist":
         if (spec.in_channels, spec.input_size) != (1, 28):
             raise ValueError(f"--data fashion-mnist holds 1x28x28 images; --arch {args.arch} "

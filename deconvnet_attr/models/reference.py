@@ -22,12 +22,21 @@ from pathlib import Path
 
 import torch
 
-from .zfnet import ZFNet, ZFNetConfig, build_zfnet, zfnet, zfnet_fashion
+from .zfnet import (
+    ZFNET_FASHION,
+    ZFNET_IMAGENET,
+    ZFNet,
+    ZFNetConfig,
+    build_zfnet,
+    zfnet,
+    zfnet_fashion,
+)
 
-__all__ = ["ARCHS", "REFERENCE_FILE", "build_model", "load_checkpoints", "load_model",
-           "load_reference", "model_record", "save_model"]
+__all__ = ["ARCHS", "ARCH_CONFIGS", "REFERENCE_FILE", "build_model", "load_checkpoints",
+           "load_model", "load_reference", "model_record", "save_model"]
 
 ARCHS: dict[str, Callable[..., ZFNet]] = {"zfnet": zfnet, "zfnet-fashion": zfnet_fashion}
+ARCH_CONFIGS: dict[str, ZFNetConfig] = {"zfnet": ZFNET_IMAGENET, "zfnet-fashion": ZFNET_FASHION}
 REFERENCE_FILE = "zfnet_fashion.pt"
 _SNAPSHOT = re.compile(r"zfnet_fashion_epoch(\d+)\.pt")
 
