@@ -188,7 +188,8 @@ def feature_grid_section(ctx: ReportContext) -> Section:
             f"For each layer, the {ctx.channels} channels with the strongest top-{ctx.k} "
             f"activations over the {len(ctx.data):,} images. Each block: left, the top-{ctx.k} "  # type: ignore[arg-type]
             "activations projected to pixel space by the deconvnet (each contrast-stretched, grey "
-            "= 0); right, the image patches inside the receptive field of the projected unit. "
+            "= 0); right, the image patches inside the receptive field of the projected unit "
+            "(blue: the part of the field outside the image). "
             "Strongest first, row by row."
         )
     ]
@@ -209,10 +210,10 @@ def feature_grid_section(ctx: ReportContext) -> Section:
                 proj_sets.append(projections[c])
                 patch_sets.append(images)
             else:
-                proj_sets.append(receptive_field_patches(projections[c], shown.locations[c], rf))
-                patch_sets.append(
-                    receptive_field_patches(images, shown.locations[c], rf, fill=float("nan"))
-                )
+                for source, sets in ((projections[c], proj_sets), (images, patch_sets)):
+                    sets.append(
+                        receptive_field_patches(source, shown.locations[c], rf, fill=float("nan"))
+                    )
         fig = plot_feature_grid(
             proj_sets, patch_sets, labels=[f"ch {int(c)}" for c in shown.channels],
             title=f"{layer}: top-{ctx.k} projections | receptive-field patches",
@@ -253,7 +254,9 @@ def evolution_section(ctx: ReportContext) -> Section | None:
         projections = result.projections
         if rf is not None and result.locations.shape[2] == 2:
             flat = projections.flatten(0, 1)
-            cropped = receptive_field_patches(flat, result.locations.flatten(0, 1), rf)
+            cropped = receptive_field_patches(
+                flat, result.locations.flatten(0, 1), rf, fill=float("nan")
+            )
             projections = cropped.reshape(*projections.shape[:2], *cropped.shape[1:])
         fig = plot_evolution(
             projections, result.epochs.tolist(),
@@ -468,13 +471,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-images", type=int, default=1000, help="images used (default 1000)")
     p.add_argument("--k", type=int, default=9, help="top activations per channel (default 9)")
     p.add_argument("--channels", type=int, default=16, help="channels shown per layer")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int,
+                   help="images per forward pass and seeds per projection pass (default: 256 for "
+                   "the bundled data, 32 for --images)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true",
                    help="a small smoke-test report: 64 images, 4 channels, top-4, 2 layers")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = p.parse_args(argv)
+    if args.batch_size is None:
+        args.batch_size = 32 if args.images else 256
     if args.quick:
         args.max_images, args.channels, args.k = min(args.max_images, 64), 4, 4
     for name in ("max_images", "k", "channels", "batch_size"):

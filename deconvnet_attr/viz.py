@@ -17,6 +17,7 @@ from torch import Tensor
 
 if TYPE_CHECKING:
     from .ablation import AccuracyTable
+    from .occlusion import OcclusionMaps
 
 
 def plot_accuracy_table(table: AccuracyTable, title: str | None = None) -> Figure:
@@ -49,14 +50,18 @@ def contrast_stretch(projections: Tensor, percentile: float = 99.5) -> np.ndarra
 
     The paper contrast-normalises every projection for display. Here zero maps to mid-grey and
     ``±`` the ``percentile``-th percentile of the image's absolute values to 0 and 1 (clipped), so
-    colours keep their sign and the grey background is comparable across images. Returns
+    colours keep their sign and the grey background is comparable across images. NaN pixels
+    (outside the image) are ignored and stay NaN. Returns
     ``(N, H, W)`` for one channel (show with a grey colour map), ``(N, H, W, 3)`` for three.
     """
     x = _channels_last(projections, "projections").astype(np.float64)
     if not 0 < percentile <= 100:
         raise ValueError(f"percentile must be in (0, 100], got {percentile!r}")
     flat = np.abs(x.reshape(len(x), -1))
-    scale = np.percentile(flat, percentile, axis=1) if flat.shape[1] else np.zeros(len(x))
+    if flat.shape[1] and not np.isnan(flat).all(axis=1).any():
+        scale = np.nanpercentile(flat, percentile, axis=1)
+    else:  # an empty or all-NaN projection: nothing to scale
+        scale = np.ones(len(x))
     scale = np.where(scale > 0, scale, 1.0).reshape(-1, *([1] * (x.ndim - 1)))
     return np.clip(0.5 + 0.5 * x / scale, 0.0, 1.0)
 
@@ -108,7 +113,8 @@ def plot_feature_grid(
         percentile: see :func:`contrast_stretch`.
 
     Each channel is a block: a square grid of its projections (left) and of its patches (right),
-    strongest activation first (row-major).
+    strongest activation first (row-major), drawn as one image (see :func:`feature_block`), so a
+    figure of many channels renders quickly.
     """
     if len(projections) != len(patches) or not projections:
         raise ValueError(
@@ -117,38 +123,63 @@ def plot_feature_grid(
         )
     if labels is not None and len(labels) != len(projections):
         raise ValueError(f"{len(labels)} labels for {len(projections)} channels")
-    k = max(len(p) for p in projections)
-    side = int(np.ceil(np.sqrt(k)))
-    blocks = min(blocks_per_row, len(projections))
-    block_rows = -(-len(projections) // blocks)
-    cell = 0.5
-    fig = Figure(
-        figsize=(blocks * (2 * side + 0.4) * cell + 0.2, block_rows * (side + 0.5) * cell + 0.4),
-        layout="constrained",
-    )
-    subfigs = np.atleast_2d(fig.subfigures(block_rows, blocks, wspace=0.02, hspace=0.02))
-    for b, (proj, patch) in enumerate(zip(projections, patches, strict=True)):
-        if len(proj) != len(patch):
-            raise ValueError(f"channel block {b}: {len(proj)} projections but {len(patch)} patches")
-        sub = subfigs[b // blocks, b % blocks]
-        sub.set_edgecolor("0.75")
-        sub.set_linewidth(1.0)
-        axes = sub.subplots(side, 2 * side + 1, squeeze=False,
-                            gridspec_kw={"width_ratios": [1] * side + [0.3] + [1] * side})
-        for ax in axes.flat:
+    blocks = [
+        feature_block(proj, patch, percentile)
+        for proj, patch in zip(projections, patches, strict=True)
+    ]
+    cols = min(blocks_per_row, len(blocks))
+    rows = -(-len(blocks) // cols)
+    height, width = max(b.shape[0] for b in blocks), max(b.shape[1] for b in blocks)
+    scale = 3.2 / width  # inches per mosaic pixel: a block is 3.2 inches wide
+    fig = Figure(figsize=(cols * width * scale + 0.3, rows * (height * scale + 0.3) + 0.4),
+                 layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for b, ax in enumerate(axes.flat):
+        if b >= len(blocks):
             ax.set_axis_off()
-        shown = contrast_stretch(proj, percentile), image_display(patch)
-        for j in range(len(proj)):
-            r, c = divmod(j, side)
-            _show(axes[r, c], shown[0][j])
-            _show(axes[r, side + 1 + c], shown[1][j])
+            continue
+        ax.set_facecolor("#c9d6e8")  # gaps and out-of-image pixels: neither black, grey nor white
+        ax.imshow(blocks[b], interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_color("0.8")
         if labels is not None:
-            sub.suptitle(labels[b], fontsize=8)
-    for empty in subfigs.flat[len(projections):]:
-        empty.set_edgecolor("none")
+            ax.set_title(labels[b], fontsize=8, pad=2)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
+
+
+def feature_block(projections: Tensor, patches: Tensor, percentile: float = 99.5) -> np.ndarray:
+    """One channel's block of :func:`plot_feature_grid` as an RGBA image ``(H, W, 4)``.
+
+    ``projections`` and ``patches`` are ``(k, C, h, w)``. The ``k`` contrast-stretched projections
+    fill a square grid of ``side = ceil(sqrt(k))`` tiles, row-major, tiles 1 pixel apart; a gap of
+    ``w`` pixels; then the patches in the same arrangement. Gaps and NaN pixels (outside the
+    image) are transparent.
+    """
+    if len(projections) != len(patches):
+        raise ValueError(f"{len(projections)} projections but {len(patches)} patches")
+    if projections.shape[2:] != patches.shape[2:]:
+        raise ValueError(
+            f"projections {tuple(projections.shape)} and patches {tuple(patches.shape)} differ in "
+            "size"
+        )
+    k, (h, w) = len(projections), projections.shape[2:]
+    side = int(np.ceil(np.sqrt(k)))
+    grid = side * (w + 1) - 1
+    block = np.zeros((side * (h + 1) - 1, 2 * grid + w, 4))
+    for part, tiles in enumerate((contrast_stretch(projections, percentile),
+                                  image_display(patches))):
+        rgb = tiles if tiles.ndim == 4 else np.repeat(tiles[..., None], 3, axis=-1)
+        left = part * (grid + w)
+        for j in range(k):
+            r, c = divmod(j, side)
+            top, col = r * (h + 1), left + c * (w + 1)
+            block[top : top + h, col : col + w, :3] = np.nan_to_num(rgb[j])
+            block[top : top + h, col : col + w, 3] = ~np.isnan(rgb[j]).any(axis=-1)
+    return block
 
 
 def plot_evolution(
@@ -184,6 +215,76 @@ def plot_evolution(
                 ax.set_title(f"epoch {epochs[c]}", fontsize=7)
             if c == 0 and labels is not None:
                 ax.set_ylabel(labels[r], fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_occlusion_maps(
+    image: Tensor,
+    maps: OcclusionMaps,
+    class_names: Sequence[str] | None = None,
+    projection: Tensor | None = None,
+    title: str | None = None,
+) -> Figure:
+    """The paper's Fig. 7 panels for one image from :func:`~deconvnet_attr.occlusion_maps`.
+
+    (a) the image with the occluder at its first position; (b) total activation of the layer's
+    strongest feature map; (c) optional: that map's deconvnet ``projection`` ``(C, H, W)``;
+    (d) probability of the target class; (e) most probable class -- each as a function of the
+    occluder's position (drawn at the occluder's centre). ``image`` is ``(C, H, W)`` in [0, 1]
+    (C = 1 or 3); ``class_names`` label classes in (d) and (e).
+    """
+    img = image_display(image.unsqueeze(0) if image.dim() == 3 else image)[0]
+    height, width = img.shape[:2]
+    (wh, ww), rows, cols = maps.window, maps.rows.tolist(), maps.cols.tolist()
+    step_r = rows[1] - rows[0] if len(rows) > 1 else wh
+    step_c = cols[1] - cols[0] if len(cols) > 1 else ww
+    extent = (cols[0] + ww / 2 - step_c / 2, cols[-1] + ww / 2 + step_c / 2,
+              rows[-1] + wh / 2 + step_r / 2, rows[0] + wh / 2 - step_r / 2)
+
+    def name(k: int) -> str:
+        return class_names[k] if class_names is not None else f"class {k}"
+
+    panels = 5 if projection is not None else 4
+    fig = Figure(figsize=(2.6 * panels, 3.0), layout="constrained")
+    axes = fig.subplots(1, panels)
+    _show(axes[0], img)
+    axes[0].add_patch(plt.Rectangle((cols[0] - 0.5, rows[0] - 0.5), ww, wh, color="0.5"))
+    axes[0].set_title(f"(a) input: {name(maps.clean_label)}", fontsize=8)
+    heat = [("(b) total activation,\n" f"{maps.layer} map {maps.channel}", maps.feature, "viridis"),
+            (f"(d) p({name(maps.target)})", maps.probability, "magma")]
+    at = 1
+    for label, values, cmap in heat:
+        if at == 2 and projection is not None:
+            _show(axes[at], contrast_stretch(projection.unsqueeze(0))[0])
+            axes[at].set_title(f"(c) projection of map {maps.channel}", fontsize=8)
+            at += 1
+        im = axes[at].imshow(values.numpy(), cmap=cmap, extent=extent, interpolation="nearest")
+        axes[at].set_xlim(0, width)
+        axes[at].set_ylim(height, 0)
+        axes[at].set_title(label, fontsize=8)
+        axes[at].set_xticks([])
+        axes[at].set_yticks([])
+        fig.colorbar(im, ax=axes[at], shrink=0.75)
+        at += 1
+    labels = maps.label.numpy()
+    classes, counts = np.unique(labels, return_counts=True)
+    order = classes[np.argsort(-counts)]
+    index = {k: i for i, k in enumerate(order)}
+    colours = plt.get_cmap("tab10" if len(order) <= 10 else "tab20", max(len(order), 1))
+    axes[at].imshow(np.vectorize(index.get)(labels), cmap=colours, vmin=-0.5,
+                    vmax=len(order) - 0.5, extent=extent, interpolation="nearest")
+    axes[at].set_xlim(0, width)
+    axes[at].set_ylim(height, 0)
+    axes[at].set_xticks([])
+    axes[at].set_yticks([])
+    axes[at].set_title("(e) most probable class", fontsize=8)
+    shown = order[:8]
+    axes[at].legend(handles=[plt.Rectangle((0, 0), 1, 1, color=colours(index[k]))
+                             for k in shown],
+                    labels=[name(int(k)) for k in shown], fontsize=6, loc="upper left",
+                    bbox_to_anchor=(1.0, 1.0), frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig

@@ -36,11 +36,9 @@ def main() -> None:
     # 3. crop images and projections to the receptive field of each projected unit
     field = receptive_field(model, args.layer, images[:1])
     proj_sets, patch_sets = [], []
-    for c in range(len(channels)):
-        proj_sets.append(receptive_field_patches(projections[c], top.locations[c], field))
-        patch_sets.append(receptive_field_patches(
-            images[top.indices[c]], top.locations[c], field, fill=float("nan")
-        ))
+    for c in range(len(channels)):  # NaN: the part of a field outside the image, drawn blue
+        for source, sets in ((projections[c], proj_sets), (images[top.indices[c]], patch_sets)):
+            sets.append(receptive_field_patches(source, top.locations[c], field, fill=float("nan")))
     # 4. draw: projections (contrast-stretched) left, patches right, strongest first
     fig = plot_feature_grid(proj_sets, patch_sets, labels=[f"ch {c}" for c in channels],
                             title=f"{args.layer} (receptive field {field.size[0]}x{field.size[1]})")

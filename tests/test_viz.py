@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from deconvnet_attr.viz import contrast_stretch, image_display, plot_evolution, plot_feature_grid
+from deconvnet_attr.viz import (
+    contrast_stretch,
+    feature_block,
+    image_display,
+    plot_evolution,
+    plot_feature_grid,
+)
 
 
 def test_contrast_stretch_maps_zero_to_grey_and_percentile_to_extremes():
@@ -20,6 +26,11 @@ def test_contrast_stretch_maps_zero_to_grey_and_percentile_to_extremes():
         scale = np.percentile(np.abs(values), 90)
         np.testing.assert_allclose(got[n], np.clip(0.5 + 0.5 * values / scale, 0, 1))
     np.testing.assert_array_equal(got[1], 0.5)  # an all-zero projection is plain grey
+    x[2, 0, 0, 0] = float("nan")  # NaN (outside the image) is ignored and stays NaN
+    values = x[2, 0].double().numpy()
+    scale = np.nanpercentile(np.abs(values), 90)
+    want = np.clip(0.5 + 0.5 * values / scale, 0, 1)
+    np.testing.assert_allclose(contrast_stretch(x, 90)[2], want)  # NaN where NaN
 
 
 def test_contrast_stretch_colour_is_channels_last_with_one_scale_per_image():
@@ -40,20 +51,39 @@ def test_display_inputs_are_checked():
     assert np.isnan(shown[0, 1, 1])
 
 
-def test_feature_grid_shows_every_projection_beside_its_patch():
+def test_feature_block_places_every_projection_beside_its_patch():
     gen = torch.Generator().manual_seed(1)
-    projections = [torch.randn(9, 3, 5, 5, generator=gen) for _ in range(3)]
-    patches = [torch.rand(9, 3, 5, 5, generator=gen) for _ in range(3)]
+    projections = torch.randn(7, 3, 4, 5, generator=gen)
+    projections[2, :, 0, 0] = float("nan")  # outside the image
+    patches = torch.rand(7, 3, 4, 5, generator=gen)
+    block = feature_block(projections, patches)
+    side, h, w = 3, 4, 5  # 7 tiles: a 3x3 grid, 1-pixel gaps, then a w-pixel gap
+    assert block.shape == (side * (h + 1) - 1, 2 * (side * (w + 1) - 1) + w, 4)
+    stretched, shown = contrast_stretch(projections), image_display(patches)
+    right = side * (w + 1) - 1 + w
+    opaque = np.zeros(block.shape[:2], dtype=bool)
+    for j in range(7):
+        r, c = divmod(j, side)
+        rows = slice(r * (h + 1), r * (h + 1) + h)
+        for left, tiles in ((0, stretched), (right, shown)):
+            cols = slice(left + c * (w + 1), left + c * (w + 1) + w)
+            inside = ~np.isnan(tiles[j]).any(axis=-1)
+            np.testing.assert_allclose(block[rows, cols, :3][inside], tiles[j][inside])
+            assert np.array_equal(block[rows, cols, 3], inside)
+            opaque[rows, cols] = inside
+    assert not block[..., 3][~opaque].any()  # everything else is transparent
+    assert block[0, 2 * (w + 1), 3] == 0  # the NaN pixel of projection 2
+
+
+def test_feature_grid_has_a_titled_block_per_channel():
+    gen = torch.Generator().manual_seed(2)
+    projections = [torch.randn(9, 1, 5, 5, generator=gen) for _ in range(3)]
+    patches = [torch.rand(9, 1, 5, 5, generator=gen) for _ in range(3)]
     fig = plot_feature_grid(projections, patches, labels=["a", "b", "c"], blocks_per_row=2)
-    images = [ax.images[0].get_array() for ax in fig.get_axes() if ax.images]
-    assert len(images) == 3 * 2 * 9
-    # block 0, first row of the 3x3 grids: projection 0 then 1, 2, spacer, patch 0, 1, 2
-    first_block = [ax for ax in fig.subfigs[0].get_axes()]
-    np.testing.assert_allclose(first_block[0].images[0].get_array(),
-                               contrast_stretch(projections[0])[0])
-    np.testing.assert_allclose(first_block[4].images[0].get_array(),
-                               image_display(patches[0])[0])
-    assert [s._suptitle.get_text() for s in fig.subfigs[:3]] == ["a", "b", "c"]
+    shown = [ax for ax in fig.get_axes() if ax.images]
+    assert [ax.get_title() for ax in shown] == ["a", "b", "c"]
+    np.testing.assert_array_equal(shown[1].images[0].get_array(),
+                                  feature_block(projections[1], patches[1]))
     with pytest.raises(ValueError, match="2 projections but 3 patches"):
         plot_feature_grid([projections[0][:2]], [patches[0][:3]])
     with pytest.raises(ValueError, match="1 labels for 3 channels"):
