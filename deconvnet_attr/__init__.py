@@ -15,5 +15,6 @@ from .models import load_reference as load_reference
 from .models import zfnet as zfnet
 from .models import zfnet_fashion as zfnet_fashion
 from .occlusion import Occlusion as Occlusion
+from .occlusion import occlusion_maps as occlusion_maps
 
 __version__ = "0.1.0"

@@ -36,6 +36,7 @@ from deconvnet_attr.state import preserved_state
 __all__ = [
     "GeometryError",
     "LayerReceptiveField",
+    "layer_node",
     "OpSpec",
     "ReceptiveField",
     "TracedNet",
@@ -222,6 +223,10 @@ def _avg_pool_spec(kernel_size: Any, stride: Any, padding: Any, ceil_mode: bool,
     return OpSpec("window", window, unpadded, 0.0)
 
 
+def _identity(region: Tensor) -> Tensor:
+    return region
+
+
 def _module_spec(module: nn.Module, in_shape: torch.Size | None, out_shape: torch.Size | None,
                  structural: bool) -> OpSpec:
     name = type(module).__name__
@@ -247,9 +252,12 @@ def _module_spec(module: nn.Module, in_shape: torch.Size | None, out_shape: torc
         if module.running_mean is None and not structural:
             return OpSpec("opaque", reason=f"{name} without running statistics")
         return POINTWISE
-    if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+    if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and not getattr(
+            module, "return_indices", False):
         if in_shape is not None and out_shape is not None and in_shape[-2:] == out_shape[-2:]:
-            return POINTWISE  # adaptive pooling to the input's own size is the identity
+            # pooling to the input's own size is the identity: a 1x1 window (on a rectangle,
+            # the module itself would resize to the full output size)
+            return OpSpec("window", Window((1, 1), (1, 1), (0, 0)), _identity)
     return OpSpec("opaque", reason=f"module {name}")
 
 
@@ -462,9 +470,9 @@ def _propagate(net: TracedNet, source: Node) -> dict[Node, ReceptiveField | str]
     return fields
 
 
-def _layer_node(net: TracedNet, model: nn.Module, layer: nn.Module | str) -> tuple[str, Node]:
-    """``layer``'s qualified name and the graph node holding its output (its last call if it
-    runs several times)."""
+def layer_node(module: GraphModule, model: nn.Module, layer: nn.Module | str) -> tuple[str, Node]:
+    """``layer``'s qualified name in ``model`` and the node of ``model``'s trace ``module`` that
+    holds its output (its last call if it runs several times)."""
     if isinstance(layer, str):
         name = layer
         try:
@@ -476,9 +484,10 @@ def _layer_node(net: TracedNet, model: nn.Module, layer: nn.Module | str) -> tup
         if not names:
             raise ValueError(f"layer {type(layer).__name__} is not a submodule of the model")
         name = names[0]
+    nodes = list(module.graph.nodes)
     if name == "":
-        return name, next(n for n in net.nodes if n.op == "output").args[0]
-    inside = [n for n in net.nodes
+        return name, next(n for n in nodes if n.op == "output").args[0]
+    inside = [n for n in nodes
               if (n.op == "call_module" and n.target == name)
               or any(v[0] == name for v in n.meta.get("nn_module_stack", {}).values())]
     members = set(inside)
@@ -500,7 +509,7 @@ def receptive_field(model: nn.Module, layer: nn.Module | str, example: Tensor) -
     geometry (flatten, linear, global pooling, ...) lies between the input and ``layer``.
     """
     net = trace(model, (example,), structural=True)
-    name, node = _layer_node(net, model, layer)
+    name, node = layer_node(net.module, model, layer)
     source = net.placeholders()[0]
     rf = _propagate(net, source).get(node)
     if rf is None:

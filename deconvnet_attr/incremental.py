@@ -22,6 +22,7 @@ full recomputation up to float rounding. Unchanged nodes are never recomputed.
 
 from __future__ import annotations
 
+import logging
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from torch.fx.node import map_arg
 from deconvnet_attr.geometry import GeometryError, TracedNet, trace
 
 __all__ = ["IncrementalForward", "RunStats"]
+
+logger = logging.getLogger("deconvnet_attr.occlusion")
 
 _VIEW_METHODS = {
     "view", "reshape", "flatten", "unflatten", "transpose", "permute", "narrow", "select",
@@ -214,8 +217,13 @@ class IncrementalForward:
         batch = self._batch(args)
         if batch is None:
             return self.fn(*args)
-        with torch.no_grad():
-            return self._run(args, batch // self._examples)
+        try:
+            with torch.no_grad():
+                return self._run(args, batch // self._examples)
+        except Exception as error:  # an op behaved unlike its description: be safe, run fn
+            self.reason = f"incremental evaluation failed ({type(error).__name__}: {error})"
+            logger.warning("%s; full recomputation from here on", self.reason)
+            return self.fn(*args)
 
     def _start(self, args: tuple) -> Any:
         self.reason = _module_reason(self.fn)

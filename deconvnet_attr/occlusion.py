@@ -13,17 +13,22 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from captum._utils.typing import BaselineType, TargetType, TensorOrTupleOfTensorsGeneric
 from captum.attr import Occlusion as CaptumOcclusion
 from torch import Tensor, nn
+from torch.fx import GraphModule, symbolic_trace
+from tqdm.auto import tqdm
 
+from deconvnet_attr.geometry import layer_node
 from deconvnet_attr.incremental import IncrementalForward, RunStats
 
-__all__ = ["Occlusion", "OcclusionRun"]
+__all__ = ["Occlusion", "OcclusionMaps", "OcclusionRun", "occlusion_maps"]
 
 logger = logging.getLogger("deconvnet_attr.occlusion")
 
@@ -93,3 +98,140 @@ class Occlusion(CaptumOcclusion):
         else:
             logger.debug("full recomputation: %s", self.last_run.reason)
         return result
+
+
+@dataclass(frozen=True)
+class OcclusionMaps:
+    """The paper's Fig. 7 maps (b), (d), (e) from one sweep of an occluder over one image.
+
+    Each map has shape ``(len(rows), len(cols))``; entry (i, j) is the value with the occluder's
+    top-left corner at pixel ``(rows[i], cols[j])`` (the occluder is clipped at the image border,
+    as in Captum's ``Occlusion``). ``clean_*`` are the values without occluder.
+    """
+
+    feature: Tensor
+    probability: Tensor
+    label: Tensor
+    layer: str
+    channel: int
+    target: int
+    rows: Tensor
+    cols: Tensor
+    window: tuple[int, int]
+    clean_feature: float
+    clean_probability: float
+    clean_label: int
+
+
+def _two(value: int | tuple[int, int], name: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
+        raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}")
+    return pair
+
+
+def _probe(model: nn.Module, layer: nn.Module | str) -> tuple[Callable[..., Any], str]:
+    """A callable returning ``(model output, layer output)`` and the layer's name.
+
+    A traceable model gets a graph with both outputs, which the incremental engine evaluates;
+    otherwise a forward hook collects the layer output of plain forward passes.
+    """
+    try:
+        traced = symbolic_trace(model)
+    except Exception:  # untraceable: hooks on the real forward pass
+        traced = None
+    if traced is not None:
+        name, node = layer_node(traced, model, layer)
+        output = next(n for n in traced.graph.nodes if n.op == "output")
+        output.args = ((output.args[0], node),)
+        return GraphModule(traced, traced.graph), name
+    names = [n for n, m in model.named_modules() if m is layer or n == layer]
+    if not names:
+        raise ValueError(f"layer {layer!r} is not a submodule of the model")
+    module = model.get_submodule(names[0])
+
+    def probe(x: Tensor) -> tuple[Any, Tensor]:
+        seen = {}
+        handle = module.register_forward_hook(lambda m, a, o: seen.update(out=o))
+        try:
+            return model(x), seen["out"]
+        finally:
+            handle.remove()
+
+    return probe, names[0]
+
+
+def occlusion_maps(
+    model: nn.Module,
+    image: Tensor,
+    window: int | tuple[int, int],
+    stride: int | tuple[int, int],
+    layer: nn.Module | str,
+    target: int | None = None,
+    baseline: float | Tensor = 0.0,
+    perturbations_per_eval: int = 32,
+    show_progress: bool = False,
+) -> OcclusionMaps:
+    """Slide an occluding square over ``image`` and record the paper's three maps (Fig. 7).
+
+    ``image`` is ``(C, H, W)`` or ``(1, C, H, W)``; ``model`` maps it to class logits
+    ``(1, classes)``. ``baseline`` fills the occluder (a scalar, or a tensor broadcastable to
+    ``(C, H, W)``; 0 is the mean grey of a normalised image). ``layer`` (a module or its name)
+    is the layer whose strongest feature map -- the channel with the largest activation on the
+    unoccluded image -- is summed for map (b). ``target`` (default: the predicted class of the
+    unoccluded image) is the class whose softmax probability gives map (d); map (e) is the most
+    probable class. One sweep, ``perturbations_per_eval`` positions per forward pass, evaluated
+    by the incremental engine when the model is traceable. The model is not changed.
+    """
+    window, stride = _two(window, "window"), _two(stride, "stride")
+    x = image.unsqueeze(0) if image.dim() == 3 else image
+    if x.dim() != 4 or x.shape[0] != 1:
+        raise ValueError(f"image must be (C, H, W) or (1, C, H, W), got {tuple(image.shape)}")
+    height, width = x.shape[-2:]
+    if window[0] > height or window[1] > width:
+        raise ValueError(f"window {window} is larger than the image ({height}, {width})")
+    if not isinstance(perturbations_per_eval, int) or perturbations_per_eval < 1:
+        raise ValueError(f"perturbations_per_eval must be a positive int, got "
+                         f"{perturbations_per_eval!r}")
+    fill = torch.as_tensor(baseline, dtype=x.dtype, device=x.device).expand(x.shape[1:])
+    probe, name = _probe(model, layer)
+    engine = IncrementalForward(probe)
+    rows = torch.arange(math.ceil((height - window[0]) / stride[0]) + 1) * stride[0]
+    cols = torch.arange(math.ceil((width - window[1]) / stride[1]) + 1) * stride[1]
+    corners = [(int(r), int(c)) for r in rows for c in cols]
+    with torch.no_grad():
+        logits, activation = engine(x)
+        if logits.dim() != 2 or logits.shape[0] != 1:
+            raise ValueError(f"model output must be (1, classes), got {tuple(logits.shape)}")
+        if activation.dim() != 4:
+            raise ValueError(f"layer {name!r} output must be (1, C, h, w), got "
+                             f"{tuple(activation.shape)}")
+        channel = int(activation[0].flatten(1).amax(1).argmax())
+        probabilities = logits.softmax(1)[0]
+        target = int(probabilities.argmax()) if target is None else target
+        if not 0 <= target < logits.shape[1]:
+            raise ValueError(f"target {target} is not a class index of the {logits.shape[1]} "
+                             "model outputs")
+        feature, probability, label = [], [], []
+        for start in tqdm(range(0, len(corners), perturbations_per_eval), disable=not show_progress,
+                          desc="occlusion maps"):
+            chunk = corners[start:start + perturbations_per_eval]
+            batch = x.repeat(len(chunk), 1, 1, 1)
+            for b, (r, c) in enumerate(chunk):
+                batch[b, :, r:r + window[0], c:c + window[1]] = \
+                    fill[:, r:r + window[0], c:c + window[1]]
+            out, act = engine(batch)
+            p = out.softmax(1)
+            feature.append(act[:, channel].sum((1, 2)))
+            probability.append(p[:, target])
+            label.append(p.argmax(1))
+    shape = (len(rows), len(cols))
+    logger.debug("occlusion_maps: %s", "incremental" if engine.incremental else
+                 f"full recomputation: {engine.reason}")
+    return OcclusionMaps(
+        feature=torch.cat(feature).view(shape).cpu(),
+        probability=torch.cat(probability).view(shape).cpu(),
+        label=torch.cat(label).view(shape).cpu(), layer=name, channel=channel, target=target,
+        rows=rows, cols=cols, window=window,
+        clean_feature=float(activation[0, channel].sum()),
+        clean_probability=float(probabilities[target]), clean_label=int(probabilities.argmax()))

@@ -10,6 +10,8 @@ import torchvision
 from torch import nn
 
 from deconvnet_attr import Occlusion
+from deconvnet_attr.occlusion import occlusion_maps
+from deconvnet_attr.viz import plot_occlusion_maps
 
 
 class SmallCNN(nn.Module):
@@ -236,3 +238,66 @@ def test_hooks_see_real_forward_passes(layer):
     handle.remove()
     _assert_close(got, captum.attr.Occlusion(model).attribute(
         x, (3, 8, 8), strides=8, target=0, perturbations_per_eval=8))
+
+
+def _brute_force_maps(model, layer, image, window, stride, target, baseline):
+    """One forward pass per occluder position, the layer read by a forward hook."""
+    seen = {}
+    model.get_submodule(layer).register_forward_hook(lambda m, a, o: seen.update(o=o))
+    with torch.no_grad():
+        model(image[None])
+        channel = int(seen["o"][0].flatten(1).amax(1).argmax())
+        h, w = image.shape[-2:]
+        rows = list(range(0, h - window + stride, stride))[: -(-(h - window) // stride) + 1]
+        cols = list(range(0, w - window + stride, stride))[: -(-(w - window) // stride) + 1]
+        feature = torch.empty(len(rows), len(cols))
+        probability, label = torch.empty_like(feature), torch.empty_like(feature).long()
+        for i, r in enumerate(rows):
+            for j, c in enumerate(cols):
+                x = image.clone()
+                x[:, r:r + window, c:c + window] = baseline
+                p = model(x[None]).softmax(1)[0]
+                feature[i, j] = seen["o"][0, channel].sum()
+                probability[i, j], label[i, j] = p[target], p.argmax()
+    return channel, rows, cols, feature, probability, label
+
+
+@pytest.mark.parametrize("traceable", [True, False])
+def test_occlusion_maps_match_brute_force(traceable):
+    torch.manual_seed(0)
+    model = (SmallCNN() if traceable else DataDependent()).eval()
+    image = torch.rand(3, 18, 18)
+    maps = occlusion_maps(model, image, window=5, stride=3, layer="conv2", target=2,
+                          baseline=0.25, perturbations_per_eval=7)
+    channel, rows, cols, feature, probability, label = _brute_force_maps(
+        model, "conv2", image, 5, 3, 2, 0.25)
+    assert maps.channel == channel and maps.layer == "conv2" and maps.target == 2
+    assert maps.rows.tolist() == rows and maps.cols.tolist() == cols
+    assert torch.allclose(maps.feature, feature, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(maps.probability, probability, rtol=1e-4, atol=1e-6)
+    assert torch.equal(maps.label, label)
+    with torch.no_grad():
+        clean = model(image[None]).softmax(1)[0]
+    assert maps.clean_label == int(clean.argmax())
+    assert maps.clean_probability == pytest.approx(float(clean[2]), rel=1e-5)
+
+
+def test_occlusion_maps_defaults_errors_and_figure():
+    model = SmallCNN().eval()
+    image = torch.rand(1, 3, 16, 16)
+    maps = occlusion_maps(model, image, (4, 6), (4, 5), model.dilated)
+    with torch.no_grad():
+        assert maps.target == int(model(image).argmax())
+    assert maps.feature.shape == (4, 3) and maps.window == (4, 6)
+    with pytest.raises(ValueError, match="window"):
+        occlusion_maps(model, image, 20, 4, "conv2")
+    with pytest.raises(ValueError, match="stride"):
+        occlusion_maps(model, image, 4, 0, "conv2")
+    with pytest.raises(ValueError, match="target 9"):
+        occlusion_maps(model, image, 4, 4, "conv2", target=9)
+    with pytest.raises(ValueError, match="nope"):
+        occlusion_maps(model, image, 4, 4, "nope")
+    fig = plot_occlusion_maps(image[0], maps, class_names=list("abcde"),
+                              projection=torch.randn(3, 16, 16))
+    assert len(fig.axes) == 5 + 2  # five panels and two colour bars
+    assert fig.axes[3].get_title() == "(d) p(" + "abcde"[maps.target] + ")"
