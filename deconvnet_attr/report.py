@@ -340,6 +340,43 @@ def invariance_section(ctx: ReportContext) -> Section:
                                                             "invariance curves"))
 
 
+def occlusion_section(ctx: ReportContext) -> Section:
+    """Fig. 7: a grey square slid over three images; feature, probability and label maps."""
+    from deconvnet_attr.deconv import DeconvProjection
+    from deconvnet_attr.occlusion import occlusion_maps
+    from deconvnet_attr.viz import plot_occlusion_maps
+
+    images, labels = _one_per_class(ctx, 3)
+    modules = dict(ctx.model.named_modules())
+    layer = "relu5" if "relu5" in modules else ctx.layers[-1]  # ZFNet: rectified layer-5 maps
+    height = images.shape[-2]
+    window, stride = max(1, height // 4), max(1, height // 14)
+    grey = float(images.mean())  # the data's mean intensity, as the paper's grey square
+    device = next(ctx.model.parameters()).device
+    body = [
+        _paragraph(
+            f"A {window}×{window} square of the images' mean grey slides over each image (stride "
+            f"{stride}). (b) total activation of the {layer} feature map that is strongest on the "
+            "unoccluded image, (c) that map's strongest activation projected by the deconvnet, "
+            "(d) probability of the "
+            + ("true" if ctx.has_labels else "predicted")
+            + " class, (e) most probable class — each as a function of the square's position. "
+            "The probability drops where the square hides the part the feature map responds to."
+        )
+    ]
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        maps = occlusion_maps(
+            ctx.model, image.to(device), window, stride, layer, target=int(label), baseline=grey,
+            perturbations_per_eval=ctx.batch_size,
+        )
+        projection = DeconvProjection(ctx.model, ctx.model.get_submodule(layer)).attribute(
+            image[None].to(device), target=maps.channel, neuron="max"
+        )[0].detach().cpu()
+        fig = plot_occlusion_maps(image, maps, ctx.class_names, projection=projection)
+        body.append(ctx.save(fig, f"fig7-occlusion-{i}.png", "occlusion maps"))
+    return Section("Occlusion sensitivity (Fig. 7)", "\n".join(body))
+
+
 def correspondence_section(ctx: ReportContext) -> Section | None:
     """Sec. 5.3 / Table 1: Δ for the same part occluded in several images vs random boxes."""
     if not ctx.parts or not ctx.has_labels:
@@ -380,6 +417,7 @@ SECTIONS: list[SectionBuilder] = [
     receptive_field_section,
     feature_grid_section,
     evolution_section,
+    occlusion_section,
     ablation_section,
 ]
 """The report's sections, in order; each builder is independent of the others' success."""

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from deconvnet_attr.models import zfnet_fashion
+from deconvnet_attr.ablation import PAPER_GROUPS
+from deconvnet_attr.models import load_reference, zfnet_fashion
 from deconvnet_attr.report import build_model, html_table, main
 
 
@@ -41,48 +42,51 @@ def read_page(out: Path) -> _Page:
     return page
 
 
-def test_quick_report_on_the_bundled_data_with_an_own_model(tmp_path):
-    torch.manual_seed(0)
-    for epoch in (1, 3):  # training snapshots of the user's model, as state dicts
-        torch.save(zfnet_fashion().state_dict(), tmp_path / f"epoch{epoch}.pt")
+def test_quick_report_on_the_bundled_reference(tmp_path):
     out = tmp_path / "report"
-    code = main([
-        "--out", str(out), "--model", "deconvnet_attr.models:zfnet_fashion", "--quick",
-        "--layers", "conv1,conv4", "--no-progress",
-        "--checkpoints", f"1={tmp_path / 'epoch1.pt'}", f"3={tmp_path / 'epoch3.pt'}",
-    ])
-    assert code == 0
+    assert main(["--out", str(out), "--quick", "--no-progress"]) == 0
     page = read_page(out)
-    assert page.headings[:3] == [
-        "Overview", "Receptive fields", "Top activations and their projections (Fig. 2)"
+    assert page.headings == [
+        "Overview",
+        "Receptive fields",
+        "Top activations and their projections (Fig. 2)",
+        "Feature evolution during training (Fig. 4)",
+        "Occlusion sensitivity (Fig. 7)",
+        "Layer ablation",
     ]
-    assert "Feature evolution during training (Fig. 4)" in page.headings
-    assert "Layer ablation" in page.headings
-    assert {"fig2-conv1.png", "fig2-conv4.png", "fig4-conv1.png", "fig4-conv4.png"} <= set(
-        page.images
-    )
+    assert {"fig2-conv1.png", "fig2-conv2.png", "fig4-conv1.png", "fig7-occlusion-0.png",
+            "ablation.png"} <= set(page.images)
     text = (out / "index.html").read_text(encoding="utf-8")
     # the receptive-field row of conv1: its kernel, and its output shape on a 28x28 image
-    model = zfnet_fashion()
+    model = load_reference()
     c, h, w = model.conv1(model.normalize(torch.zeros(1, 1, 28, 28))).shape[1:]
     kh, kw = model.conv1.kernel_size
     assert f"<td>conv1 *</td><td>Conv2d</td><td>{c}×{h}×{w}</td><td>{kh}×{kw}</td>" in text
+    # the ablation table lists the paper's layer groups
+    assert all(f"<td>{group}</td>" in text for group in PAPER_GROUPS)
 
 
-def test_quick_report_on_an_image_folder(tmp_path):
+def test_quick_report_on_an_image_folder_with_an_own_model_and_checkpoints(tmp_path):
     gen = np.random.default_rng(0)
     for cls in ("boots", "shirts"):
         (tmp_path / "images" / cls).mkdir(parents=True)
         for i in range(3):
             pixels = (gen.random((40, 36, 3)) * 255).astype(np.uint8)
             Image.fromarray(pixels).save(tmp_path / "images" / cls / f"{i}.png")
+    torch.manual_seed(0)
+    for epoch in (1, 3):  # training snapshots of the user's model, as state dicts
+        torch.save(zfnet_fashion().state_dict(), tmp_path / f"epoch{epoch}.pt")
     out = tmp_path / "report"
     main([
         "--out", str(out), "--model", "deconvnet_attr.models:zfnet_fashion", "--quick",
-        "--images", str(tmp_path / "images"), "--input-size", "28", "--no-progress",
+        "--images", str(tmp_path / "images"), "--input-size", "28", "--layers", "conv1,conv4",
+        "--checkpoints", f"1={tmp_path / 'epoch1.pt'}", f"3={tmp_path / 'epoch3.pt'}",
+        "--no-progress",
     ])
     page = read_page(out)
+    assert "Feature evolution during training (Fig. 4)" in page.headings
     assert "Layer ablation" not in page.headings  # folder classes are not the model's classes
+    assert {"fig2-conv1.png", "fig2-conv4.png", "fig4-conv4.png"} <= set(page.images)
     assert "6 images" in (out / "index.html").read_text(encoding="utf-8")
 
 
