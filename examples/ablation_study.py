@@ -86,13 +86,13 @@ def layer_drops(model, data, batch_size: int = 500) -> str:
 
     layers = [model.get_submodule(name) for name in LAYERS]
     keeps_shape = [name in ("conv4", "fc7") for name in LAYERS]
+    shaped = [m for m, keep in zip(layers, keeps_shape, strict=True) if keep]
+    zeroing, removing = LayerAblation(probabilities, layers), LayerAblation(probabilities, shaped)
     zero, identity, n = torch.zeros(len(LAYERS)), torch.zeros(len(LAYERS)), 0
     for start in range(0, len(data[0]), batch_size):
         x, y = data[0][start : start + batch_size], data[1][start : start + batch_size]
-        attribution = LayerAblation(probabilities, layers)
-        zero += attribution.attribute(x, target=y, perturbations_per_eval=4).sum(0)
-        shaped = [m for m, keep in zip(layers, keeps_shape, strict=True) if keep]
-        ident = LayerAblation(probabilities, shaped).attribute(x, target=y, baselines="identity")
+        zero += zeroing.attribute(x, target=y, perturbations_per_eval=4).sum(0)
+        ident = removing.attribute(x, target=y, baselines="identity", perturbations_per_eval=2)
         identity[torch.tensor(keeps_shape)] += ident.sum(0)
         n += len(x)
     rows = ["| layer | zeroed: drop of p(true class) | removed (identity) |", "|---|---|---|"]
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         fashion_test = load_fashion_mnist("test")
         datasets = {"fashion": (fashion_train, fashion_test), "digits": digits_28()}
         for name, (train, test) in datasets.items():
-            table = linear_probe(model, layers, train, test, pool_size=3)
+            table = linear_probe(model, layers, train, test, pool_size=2)
             pixels = fit_linear_probe(
                 train[0].flatten(1).numpy(),
                 train[1].numpy(),

@@ -355,3 +355,24 @@ def test_batchnorm_buffers_kept_in_train_mode():
     assert_same_state(before, snapshot(model))
     ablation_study(model, (x, y), {"l0": model[0]}, baselines="mean", topk=(1,))
     assert_same_state(before, snapshot(model))
+
+
+def test_reference_ablation_on_bundled_subset():
+    from deconvnet_attr.ablation import PAPER_GROUPS, reference_ablation
+    from deconvnet_attr.data import load_eval_subset
+    from deconvnet_attr.models.reference import load_reference
+
+    x, y = load_eval_subset()
+    model = load_reference()
+    table = reference_ablation(0.0, groups={"fc7": ("fc7",)})  # default data: the subset
+    with torch.no_grad():
+        logits = model(x).numpy()
+        # fc7 zeroed: relu7(0) = 0, so the logits are fc8's bias for every image
+        constant = np.broadcast_to(model.fc8.bias.numpy(), logits.shape)
+    (name, intact), (_, no_fc7) = table.rows
+    assert table.n_examples == len(y)
+    for k in (1, 5):
+        assert intact[k] == pytest.approx(topk_accuracy(logits, y.numpy(), k))
+        assert no_fc7[k] == pytest.approx(topk_accuracy(constant, y.numpy(), k))
+    default = reference_ablation(data=(x[:100], y[:100]))
+    assert [n for n, _ in default.rows] == ["intact", *PAPER_GROUPS]
