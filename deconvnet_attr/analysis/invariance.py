@@ -78,9 +78,10 @@ def layer_features(
 
     Returns ``(features, outputs)``: ``features[name]`` is (N, D_layer) — the layer's output tensor
     flattened per example — keyed by the layer's name in ``model``; ``outputs`` is the model output
-    (N, ...). Runs under ``torch.no_grad()`` in batches of ``batch_size``; the forward hooks are
-    removed and buffers / training flags restored also when the forward raises. A layer must return
-    one tensor and run once per forward pass (a reused module is ambiguous and rejected).
+    (N, ...); both on the CPU. Runs under ``torch.no_grad()`` in batches of ``batch_size``; the
+    forward hooks are removed and buffers / training flags restored also when the forward raises.
+    A layer must return one tensor and run once per forward pass (a reused module is ambiguous and
+    rejected).
     """
     resolved = resolve_layers(model, layers)
     if not isinstance(inputs, Tensor) or inputs.dim() < 1 or inputs.shape[0] == 0:
@@ -95,7 +96,7 @@ def layer_features(
                 raise TypeError(f"layer {name!r} returned {type(output).__name__}, not a tensor")
             if name in captured:
                 raise RuntimeError(f"layer {name!r} ran more than once in one forward pass")
-            captured[name] = output.detach().flatten(1).float()
+            captured[name] = output.detach().flatten(1).float().cpu()
 
         return hook
 
@@ -106,7 +107,7 @@ def layer_features(
         with torch.no_grad(), preserved_state(model):
             for batch in inputs.split(batch_size):
                 captured.clear()
-                outs.append(model(batch).detach())
+                outs.append(model(batch).detach().cpu())
                 for name in feats:
                     if name not in captured:
                         raise RuntimeError(f"layer {name!r} did not run in the forward pass")
@@ -232,6 +233,7 @@ def invariance_curves(
     n, channels, height, _ = images.shape
     if not isinstance(labels, Tensor) or labels.shape != (n,) or labels.dtype != torch.int64:
         raise ValueError(f"labels must be an int64 tensor of shape ({n},), got {_describe(labels)}")
+    labels = labels.cpu()
     fills = _fill_values(fill, channels)
     grids = default_transforms(height) if transforms is None else dict(transforms)
     if not grids:
