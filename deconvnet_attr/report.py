@@ -417,7 +417,9 @@ SECTIONS: list[SectionBuilder] = [
     receptive_field_section,
     feature_grid_section,
     evolution_section,
+    invariance_section,
     occlusion_section,
+    correspondence_section,
     ablation_section,
 ]
 """The report's sections, in order; each builder is independent of the others' success."""

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from deconvnet_attr.ablation import PAPER_GROUPS
+from deconvnet_attr.analysis.correspondence import FASHION_MNIST_PARTS
 from deconvnet_attr.models import load_reference, zfnet_fashion
 from deconvnet_attr.report import build_model, html_table, main
 
@@ -51,19 +52,22 @@ def test_quick_report_on_the_bundled_reference(tmp_path):
         "Receptive fields",
         "Top activations and their projections (Fig. 2)",
         "Feature evolution during training (Fig. 4)",
+        "Invariance (Fig. 5)",
         "Occlusion sensitivity (Fig. 7)",
+        "Correspondence analysis (Sec. 5.3, Table 1)",
         "Layer ablation",
     ]
-    assert {"fig2-conv1.png", "fig2-conv2.png", "fig4-conv1.png", "fig7-occlusion-0.png",
-            "ablation.png"} <= set(page.images)
+    assert {"fig2-conv1.png", "fig2-conv2.png", "fig4-conv1.png", "fig5-invariance.png",
+            "fig7-occlusion-0.png", "correspondence.png", "ablation.png"} <= set(page.images)
     text = (out / "index.html").read_text(encoding="utf-8")
     # the receptive-field row of conv1: its kernel, and its output shape on a 28x28 image
     model = load_reference()
     c, h, w = model.conv1(model.normalize(torch.zeros(1, 1, 28, 28))).shape[1:]
     kh, kw = model.conv1.kernel_size
     assert f"<td>conv1 *</td><td>Conv2d</td><td>{c}×{h}×{w}</td><td>{kh}×{kw}</td>" in text
-    # the ablation table lists the paper's layer groups
+    # the ablation table lists the paper's layer groups, the correspondence table the parts
     assert all(f"<td>{group}</td>" in text for group in PAPER_GROUPS)
+    assert all(f"<td>{part.name}</td>" in text for part in FASHION_MNIST_PARTS)
 
 
 def test_quick_report_on_an_image_folder_with_an_own_model_and_checkpoints(tmp_path):
@@ -85,7 +89,10 @@ def test_quick_report_on_an_image_folder_with_an_own_model_and_checkpoints(tmp_p
     ])
     page = read_page(out)
     assert "Feature evolution during training (Fig. 4)" in page.headings
-    assert "Layer ablation" not in page.headings  # folder classes are not the model's classes
+    # folder classes are not the model's classes: no ablation, no correspondence by class parts
+    assert "Layer ablation" not in page.headings
+    assert "Correspondence analysis (Sec. 5.3, Table 1)" not in page.headings
+    assert "Invariance (Fig. 5)" in page.headings  # on the predicted classes
     assert {"fig2-conv1.png", "fig2-conv4.png", "fig4-conv4.png"} <= set(page.images)
     assert "6 images" in (out / "index.html").read_text(encoding="utf-8")
 
