@@ -1,6 +1,9 @@
 """deconvnet-attr: the Zeiler & Fergus (2013) toolkit as a Captum plugin."""
 
 from .ablation import LayerAblation as LayerAblation
+from .analysis.correspondence import correspondence as correspondence
+from .analysis.correspondence import correspondence_table as correspondence_table
+from .analysis.invariance import invariance_curves as invariance_curves
 from .clipping import feature_scale_clip as feature_scale_clip
 from .deconv import Deconvolution as Deconvolution
 from .deconv import DeconvProjection as DeconvProjection
