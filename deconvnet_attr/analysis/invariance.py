@@ -282,8 +282,10 @@ def plot_invariance(
 
     transforms = list(result.curves)
     rows = len(result.layers) + 1 + (images is not None)
+    ratios = [0.6] * (images is not None) + [1.0] * (rows - (images is not None))
     fig, axes = plt.subplots(
-        rows, len(transforms), figsize=(4.2 * len(transforms), 2.8 * rows), squeeze=False
+        rows, len(transforms), figsize=(4.2 * len(transforms), 2.8 * sum(ratios)), squeeze=False,
+        gridspec_kw={"height_ratios": ratios},
     )
     units = {
         "translation": "vertical shift (px)",
