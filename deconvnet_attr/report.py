@@ -323,11 +323,20 @@ def _one_per_class(ctx: ReportContext, count: int) -> tuple[Tensor, Tensor]:
 
 def invariance_section(ctx: ReportContext) -> Section:
     """Fig. 5: feature distance and true-class probability under translation, scale, rotation."""
-    from deconvnet_attr.analysis.invariance import invariance_curves, plot_invariance
+    from deconvnet_attr.analysis.invariance import (
+        default_transforms,
+        invariance_curves,
+        plot_invariance,
+    )
 
-    images, labels = _one_per_class(ctx, 5)
+    images, labels = _one_per_class(ctx, 2 if ctx.quick else 5)
     layers = _low_high_layers(ctx, "conv1", "fc7")
-    result = invariance_curves(ctx.model, images, labels, layers, batch_size=ctx.batch_size)
+    steps = default_transforms(images.shape[-2])
+    if ctx.quick:
+        steps = {name: values[::4] for name, values in steps.items()}
+    result = invariance_curves(
+        ctx.model, images, labels, layers, transforms=steps, batch_size=ctx.batch_size
+    )
     fig = plot_invariance(result, images, ctx.class_names if ctx.has_labels else None)
     intro = _paragraph(
         f"{len(images)} images, each shifted vertically, scaled and rotated step by step. Rows: "
@@ -346,7 +355,7 @@ def occlusion_section(ctx: ReportContext) -> Section:
     from deconvnet_attr.occlusion import occlusion_maps
     from deconvnet_attr.viz import plot_occlusion_maps
 
-    images, labels = _one_per_class(ctx, 3)
+    images, labels = _one_per_class(ctx, 1 if ctx.quick else 3)
     modules = dict(ctx.model.named_modules())
     layer = "relu5" if "relu5" in modules else ctx.layers[-1]  # ZFNet: rectified layer-5 maps
     height = images.shape[-2]
@@ -388,13 +397,14 @@ def correspondence_section(ctx: ReportContext) -> Section | None:
     )
 
     images, labels = ctx.images()
-    per_class = min(int((labels == part.label).sum()) for part in ctx.parts)
+    parts = ctx.parts[:2] if ctx.quick else ctx.parts
+    per_class = min(int((labels == part.label).sum()) for part in parts)
     if per_class < 2:
         return None
     layers = _low_high_layers(ctx, "conv5", "fc7")
     table = correspondence_table(
-        ctx.model, images, labels, layers, parts=ctx.parts, n_images=min(5, per_class),
-        n_sets=2 if ctx.quick else 5, batch_size=ctx.batch_size,
+        ctx.model, images, labels, layers, parts=parts, n_images=min(5, per_class),
+        n_sets=1 if ctx.quick else 5, n_random=3 if ctx.quick else 10, batch_size=ctx.batch_size,
     )
     header, _, *rows = [
         [cell.strip() for cell in line.strip().strip("|").split("|")]
@@ -517,7 +527,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true",
-                   help="a small smoke-test report: 64 images, 4 channels, top-4, 2 layers")
+                   help="a small smoke-test report: 64 images, 4 channels, top-4, 2 layers, "
+                   "2 checkpoints, fewer images and steps in the other analyses")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = p.parse_args(argv)
     if args.batch_size is None:

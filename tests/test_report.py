@@ -67,7 +67,7 @@ def test_quick_report_on_the_bundled_reference(tmp_path):
     assert f"<td>conv1 *</td><td>Conv2d</td><td>{c}×{h}×{w}</td><td>{kh}×{kw}</td>" in text
     # the ablation table lists the paper's layer groups, the correspondence table the parts
     assert all(f"<td>{group}</td>" in text for group in PAPER_GROUPS)
-    assert all(f"<td>{part.name}</td>" in text for part in FASHION_MNIST_PARTS)
+    assert all(f"<td>{part.name}</td>" in text for part in FASHION_MNIST_PARTS[:2])  # quick
 
 
 def test_quick_report_on_an_image_folder_with_an_own_model_and_checkpoints(tmp_path):
