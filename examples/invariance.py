@@ -50,7 +50,7 @@ def main() -> None:
         )
         print(f"| {name} | " + " | ".join(cells) + f" | {lowest} |")
     fig = plot_invariance(result, images, model.class_names)
-    fig.savefig(args.out, dpi=110)
+    fig.savefig(args.out, dpi=90)
     print(f"wrote {args.out}")
 
 
