@@ -35,6 +35,7 @@ __all__ = [
     "correspondence_table",
     "hamming_delta",
     "occlude",
+    "part_images",
     "plot_correspondence",
 ]
 
@@ -218,6 +219,26 @@ class CorrespondenceTable:
     n_images: int
 
 
+def part_images(
+    images: Tensor,
+    labels: Tensor,
+    part: Part,
+    baseline: float | Sequence[float] = 0.0,
+    min_changed: float = 0.5,
+) -> Tensor:
+    """Indices (int64, ascending) of the images (N, C, H, W) that show ``part``: its class in
+    ``labels`` (N,) and at least ``min_changed`` of its box's pixels differing from ``baseline``.
+    These are the images :func:`correspondence_table` draws its sets from."""
+    height, width = images.shape[-2:]
+    x0, y0, x1, y1 = _check_boxes(part.pixels(height, width), 1, height, width)[0].tolist()
+    colour = torch.as_tensor(
+        _fill(baseline, images.shape[1]), dtype=images.dtype, device=images.device
+    ).view(1, -1, 1, 1)
+    crops = images[:, :, y0:y1, x0:x1]
+    visible = (crops != colour).any(1).float().mean((1, 2)).cpu() >= min_changed - 1e-9
+    return ((labels.cpu() == part.label) & visible).nonzero().flatten()
+
+
 def correspondence_table(
     model: nn.Module,
     images: Tensor,
@@ -237,9 +258,10 @@ def correspondence_table(
     For each part, ``n_sets`` sets of ``n_images`` distinct images are drawn from those images of
     ``images`` (N, C, H, W) / ``labels`` (N,) that show the part: the part's class, with at least
     ``min_changed`` of the box's pixels differing from ``baseline`` (the part is there to occlude —
-    the same rule as for the random boxes). Draws use ``torch.Generator().manual_seed(seed)``; in
-    each set the part's box is occluded in every image and ``n_random`` random boxes of the same
-    size serve as controls. Deterministic for a given seed.
+    the same rule as for the random boxes; :func:`part_images`). Draws use
+    ``torch.Generator().manual_seed(seed)``; in each set the part's box is occluded in every image
+    and ``n_random`` random boxes of the same size serve as controls. Deterministic for a given
+    seed.
     """
     if not isinstance(images, Tensor) or images.dim() != 4:
         raise ValueError(f"images must be (N, C, H, W), got {getattr(images, 'shape', images)!r}")
@@ -257,19 +279,13 @@ def correspondence_table(
     height, width = images.shape[-2:]
     names = [name for name, _ in resolve_layers(model, layers)]
     part_d, rand_d, shared_d = [], [], []
-    colour = torch.as_tensor(
-        _fill(baseline, images.shape[1]), dtype=images.dtype, device=images.device
-    ).view(1, -1, 1, 1)
     for part in parts:
-        x0, y0, x1, y1 = _check_boxes(part.pixels(height, width), 1, height, width)[0].tolist()
-        crops = images[:, :, y0:y1, x0:x1]
-        visible = (crops != colour).any(1).float().mean((1, 2)).cpu() >= min_changed - 1e-9
-        pool = ((labels == part.label) & visible).nonzero().flatten()
+        pool = part_images(images, labels, part, baseline, min_changed)
         if len(pool) < n_images:
             raise ValueError(
                 f"part {part.name!r} needs {n_images} images of class {part.label} showing the "
-                f"part (>= {min_changed} of box {(x0, y0, x1, y1)} differs from the baseline), "
-                f"found {len(pool)}"
+                f"part (>= {min_changed} of box {part.pixels(height, width)} differs from the "
+                f"baseline), found {len(pool)}"
             )
         results = [
             correspondence(
