@@ -37,7 +37,17 @@ from deconvnet_attr.mining import (
     top_activations_by_layer,
 )
 
-__all__ = ["SECTIONS", "ReportContext", "Section", "build_report", "main", "parse_args"]
+__all__ = [
+    "SECTIONS",
+    "ReportContext",
+    "Section",
+    "build_model",
+    "build_report",
+    "load_weights",
+    "main",
+    "parse_args",
+    "with_input_normalization",
+]
 
 
 @dataclass
@@ -585,6 +595,28 @@ def load_weights(model: nn.Module, path: Path) -> None:
     model.load_state_dict(state)
 
 
+def with_input_normalization(
+    model: nn.Module, mean: Sequence[float], std: Sequence[float]
+) -> nn.Module:
+    """``model`` made to take images ``(N, C, H, W)`` in [0, 1]: it first applies
+    ``(x - mean) / std`` per channel.
+
+    The model's class is replaced by a subclass whose ``forward(x)`` normalises (mean and std
+    become buffers ``input_mean``/``input_std``), so module names are unchanged and ``torch.fx``
+    tracing (receptive fields, incremental occlusion) sees the normalisation — a forward
+    pre-hook on the root would be skipped by tracing. Returns the same (modified) object.
+    """
+    base = type(model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return base.forward(self, (x - self.input_mean) / self.input_std)
+
+    model.register_buffer("input_mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1))
+    model.register_buffer("input_std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
+    model.__class__ = type(f"Normalized{base.__name__}", (base,), {"forward": forward})
+    return model
+
+
 def _default_layers(model: nn.Module, count: int = 5) -> list[str]:
     convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if len(convs) <= count:
@@ -618,39 +650,44 @@ def context_from_args(args: argparse.Namespace, command: str = "") -> ReportCont
     from deconvnet_attr import data as data_module
     from deconvnet_attr import models
 
+    if bool(args.mean) != bool(args.std):
+        raise ValueError("--mean and --std go together")
+
+    def prepared(net: nn.Module) -> nn.Module:
+        if args.mean:
+            net = with_input_normalization(
+                net, _floats(args.mean, "mean"), _floats(args.std, "std")
+            )
+        return net.to(args.device).eval()
+
+    def load(weights: Path | None) -> nn.Module:
+        if args.model is None:  # a deconvnet-attr model file
+            return models.load_model(weights)
+        net = build_model(args.model, args.num_classes)
+        if weights is not None:
+            load_weights(net, weights)
+        return net
+
     checkpoints: dict[int, nn.Module] | None = None
     parts = None
     if args.model is None and args.weights is None:
         model: nn.Module = models.load_reference()
         name = "ZFNet (Fashion-MNIST reference)"
         checkpoints = dict(models.load_checkpoints())
-    elif args.model is None:
-        model, name = models.load_model(args.weights), f"deconvnet-attr model {args.weights.name}"
     else:
-        model, name = build_model(args.model, args.num_classes), args.model
-        if args.weights is not None:
-            load_weights(model, args.weights)
-            name += f" ({args.weights.name})"
-    if args.mean or args.std:
-        if not (args.mean and args.std):
-            raise ValueError("--mean and --std go together")
-        from deconvnet_attr.models.zfnet import Normalize
-
-        normalize = Normalize(_floats(args.mean, "mean"), _floats(args.std, "std"))
-        model.register_forward_pre_hook(lambda _m, inputs: (normalize(inputs[0]), *inputs[1:]))
+        model = load(args.weights)
+        name = args.model or "deconvnet-attr model"
+        name += f" ({args.weights.name})" if args.weights else " (untrained)"
     if args.checkpoints:
         checkpoints = {}
         for spec in args.checkpoints:
             epoch, sep, path = str(spec).partition("=")
             if not sep or not epoch.isdigit():
                 raise ValueError(f"--checkpoints entries must be EPOCH=FILE, got {str(spec)!r}")
-            snapshot = build_model(args.model, args.num_classes) if args.model else None
-            if snapshot is None:
-                snapshot = models.load_model(path)
-            else:
-                load_weights(snapshot, Path(path))
-            checkpoints[int(epoch)] = snapshot.to(args.device).eval()
-    model = model.to(args.device).eval()
+            checkpoints[int(epoch)] = load(Path(path))
+    model = prepared(model)
+    if checkpoints:
+        checkpoints = {epoch: prepared(net) for epoch, net in checkpoints.items()}
 
     class_names = getattr(model, "class_names", None)
     if args.images is None:

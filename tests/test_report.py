@@ -13,7 +13,7 @@ from PIL import Image
 from deconvnet_attr.ablation import PAPER_GROUPS
 from deconvnet_attr.analysis.correspondence import FASHION_MNIST_PARTS
 from deconvnet_attr.models import load_reference, zfnet_fashion
-from deconvnet_attr.report import build_model, html_table, main
+from deconvnet_attr.report import build_model, html_table, main, with_input_normalization
 
 
 class _Page(HTMLParser):
@@ -85,7 +85,7 @@ def test_quick_report_on_an_image_folder_with_an_own_model_and_checkpoints(tmp_p
         "--out", str(out), "--model", "deconvnet_attr.models:zfnet_fashion", "--quick",
         "--images", str(tmp_path / "images"), "--input-size", "28", "--layers", "conv1,conv4",
         "--checkpoints", f"1={tmp_path / 'epoch1.pt'}", f"3={tmp_path / 'epoch3.pt'}",
-        "--no-progress",
+        "--mean", "0.5", "--std", "0.25", "--no-progress",
     ])
     page = read_page(out)
     assert "Feature evolution during training (Fig. 4)" in page.headings
@@ -116,6 +116,22 @@ def test_torchvision_and_timm_names_build_untrained_models():
     assert type(build_model("resnet18", num_classes=3)).__name__ == "ResNet"
     assert build_model("resnet18", num_classes=3).fc.out_features == 3
     assert type(build_model("resnet10t")).__name__ == "ResNet"  # timm only
+
+
+def test_input_normalization_is_part_of_the_traced_forward():
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=4).eval()
+    x = torch.rand(2, 3, 32, 32)
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    with torch.no_grad():
+        want = model((x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None])
+    names = [n for n, _ in model.named_modules()]
+    wrapped = with_input_normalization(model, mean, std)
+    traced = torch.fx.symbolic_trace(wrapped)  # what geometry and incremental occlusion see
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(x), want)
+        torch.testing.assert_close(traced(x), want)
+    assert [n for n, _ in wrapped.named_modules()] == names
 
 
 def test_html_table_escapes_cells():
