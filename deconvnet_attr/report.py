@@ -301,7 +301,10 @@ def ablation_section(ctx: ReportContext) -> Section | None:
     fig = plot_accuracy_table(table, title="mean ablation")
     intro = _paragraph(
         f"Top-k accuracy on the {table.n_examples:,} labelled images, intact and with {which} "
-        "ablated: the output replaced by its mean over the data (no retraining)."
+        "ablated: the output replaced by its mean over the data (no retraining). In a chain "
+        "network a whole ablated layer makes every later activation constant, so the prediction "
+        "is one class for every image (chance); the paper's Table 3 retrains each variant instead "
+        "(deconvnet_attr.ablation.accuracy_table, docs/ablation.md)."
     )
     figure = ctx.save(fig, "ablation.png", "accuracy with each layer mean-ablated")
     return Section("Layer ablation", intro + html_table(header, rows) + figure)
