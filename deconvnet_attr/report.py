@@ -307,7 +307,44 @@ def ablation_section(ctx: ReportContext) -> Section | None:
         "(deconvnet_attr.ablation.accuracy_table, docs/ablation.md)."
     )
     figure = ctx.save(fig, "ablation.png", "accuracy with each layer mean-ablated")
-    return Section("Layer ablation", intro + html_table(header, rows) + figure)
+    return Section(
+        "Layer ablation", intro + html_table(header, rows) + figure + _removal_table(ctx, modules)
+    )
+
+
+def _removal_table(ctx: ReportContext, modules: dict) -> str:
+    """Accuracy with each analysed layer removed (passes its input through), for the layers whose
+    input and output shapes match; empty when none does."""
+    from deconvnet_attr.ablation import ablation_study
+
+    shapes: dict[str, bool] = {}
+
+    def record(name: str):
+        def hook(module: nn.Module, args: tuple, out: object) -> None:
+            same = bool(args) and isinstance(out, Tensor) and args[0].shape == out.shape
+            shapes.setdefault(name, same)
+
+        return hook
+
+    hooks = [modules[name].register_forward_hook(record(name)) for name in ctx.layers]
+    try:
+        with torch.no_grad():
+            ctx.model(ctx.images(1)[0])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    groups = {f"remove {name}": [modules[name]] for name in ctx.layers if shapes.get(name)}
+    if not groups:
+        return ""
+    table = ablation_study(
+        ctx.model, ctx.loader(), groups, baselines="identity", batch_size=ctx.batch_size,
+        show_progress=ctx.progress,
+    )
+    header, *rows = [line.split(",") for line in table.to_csv().strip().splitlines()]
+    return _paragraph(
+        "Removing a layer instead (it passes its input through; only layers whose input and "
+        "output shapes match), again without retraining:"
+    ) + html_table(header, rows)
 
 
 def _low_high_layers(ctx: ReportContext, low: str, high: str) -> list[str]:
