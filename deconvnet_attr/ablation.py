@@ -17,8 +17,6 @@ which is how the paper's Table 3 was made.
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -36,6 +34,8 @@ from captum._utils.typing import TargetType
 from captum.attr import PerturbationAttribution
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from deconvnet_attr.tables import RecordTable
 
 from .state import preserved_state
 
@@ -305,7 +305,7 @@ class LayerAblation(PerturbationAttribution):
 
 
 @dataclass(frozen=True)
-class AccuracyTable:
+class AccuracyTable(RecordTable):
     """Top-k accuracies (in %) of several configurations on one data set.
 
     ``rows`` is a list of ``(configuration, {k: accuracy_percent})``; the first row is the
@@ -331,19 +331,6 @@ class AccuracyTable:
             for name, acc in self.rows
         ]
         return [header, *body]
-
-    def to_markdown(self) -> str:
-        """A GitHub markdown table: accuracy and drop (percentage points) per configuration."""
-        header, *body = self._records()
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(row) + " |" for row in body]
-        return "\n".join(lines)
-
-    def to_csv(self) -> str:
-        """The same table as CSV text."""
-        buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerows(self._records())
-        return buffer.getvalue()
 
 
 def iterate_batches(

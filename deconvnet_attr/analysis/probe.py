@@ -9,8 +9,6 @@ training features and scored on the test features.
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -22,6 +20,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from deconvnet_attr.tables import RecordTable
 
 from ..ablation import iterate_batches
 
@@ -139,7 +139,7 @@ def fit_linear_probe(
 
 
 @dataclass(frozen=True)
-class ProbeTable:
+class ProbeTable(RecordTable):
     """Per-layer probe results: ``rows`` of (layer, feature count, train %, test %)."""
 
     rows: list[tuple[str, int, float, float]]
@@ -150,19 +150,6 @@ class ProbeTable:
         header = ["layer", "features", "train acc (%)", "test acc (%)"]
         body = [[n, str(f), f"{tr:.2f}", f"{te:.2f}"] for n, f, tr, te in self.rows]
         return [header, *body]
-
-    def to_markdown(self) -> str:
-        """A GitHub markdown table, one row per layer."""
-        header, *body = self._records()
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(row) + " |" for row in body]
-        return "\n".join(lines)
-
-    def to_csv(self) -> str:
-        """The same table as CSV text."""
-        buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerows(self._records())
-        return buffer.getvalue()
 
 
 def linear_probe(
