@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import LayerFeatureAblation
+from model_state import snapshot
 from torch import nn
 
 from deconvnet_attr import LayerAblation
@@ -214,19 +215,6 @@ def test_bad_arguments(setup, kwargs, error):
     kwargs = {"target": 0, **kwargs}
     with pytest.raises(ValueError, match=error):
         LayerAblation(model, [model[2]]).attribute(x, **kwargs)
-
-
-def snapshot(model):
-    return (
-        {k: v.clone() for k, v in model.state_dict().items()},
-        [m.training for m in model.modules()],
-        [p.requires_grad for p in model.parameters()],
-        [None if p.grad is None else p.grad.clone() for p in model.parameters()],
-        [
-            (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-            for m in model.modules()
-        ],
-    )
 
 
 def assert_same_state(a, b):

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fx_reference import reference_deconvnet
+from model_state import snapshot
 from torch import nn
 
 from deconvnet_attr.deconv import Deconvolution, DeconvProjection, NeuronDeconvolution
@@ -377,19 +378,6 @@ def _global_hooks():
     )
 
 
-def _snapshot(model):
-    return (
-        {k: v.clone() for k, v in model.state_dict().items()},
-        [m.training for m in model.modules()],
-        [p.requires_grad for p in model.parameters()],
-        [None if p.grad is None else p.grad.clone() for p in model.parameters()],
-        [
-            (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-            for m in model.modules()
-        ],
-    )
-
-
 def _assert_same(a, b):
     state_a, *rest_a = a
     state_b, *rest_b = b
@@ -423,18 +411,18 @@ def test_model_and_inputs_untouched_even_on_error(layer):
     dp = DeconvProjection(net, getattr(net, layer) if layer else None)
     x = torch.randn(2, 3, 12, 12)
     x_before = x.clone()
-    before = _snapshot(net)
+    before = snapshot(net)
     modes, global_hooks = torch._C._len_torch_function_stack(), _global_hooks()
     dp.attribute(x, target=1)
-    _assert_same(before, _snapshot(net))
+    _assert_same(before, snapshot(net))
     with pytest.raises(ValueError, match="out of range"):
         dp.attribute(x, target=99)
-    _assert_same(before, _snapshot(net))
+    _assert_same(before, snapshot(net))
     assert torch._C._len_torch_function_stack() == modes and _global_hooks() == global_hooks
     assert torch.equal(x, x_before) and not x.requires_grad and x.grad is None
     for cls in (Deconvolution,):
         cls(net).attribute(x, target=1)
-        _assert_same(before, _snapshot(net))
+        _assert_same(before, snapshot(net))
         assert not x.requires_grad
 
 
@@ -445,10 +433,10 @@ def test_model_raising_in_forward_is_restored():
             raise RuntimeError("boom")
 
     net = Boom().train()
-    before = _snapshot(net)
+    before = snapshot(net)
     with pytest.raises(RuntimeError, match="boom"):
         DeconvProjection(net).attribute(torch.randn(2, 3, 12, 12), target=0)
-    _assert_same(before, _snapshot(net))
+    _assert_same(before, snapshot(net))
     assert torch._C._len_torch_function_stack() == 0
 
 
