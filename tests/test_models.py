@@ -11,7 +11,6 @@ from torch import nn
 
 from deconvnet_attr.data import DEFAULT_DEBIAN_DIR, FASHION_MNIST_CLASSES, load_eval_subset
 from deconvnet_attr.models import (
-    ContrastNorm,
     load_checkpoints,
     load_model,
     load_reference,
@@ -92,25 +91,6 @@ def test_zfnet_fashion_shapes_and_layer_names():
         conv_params(1, 16, 7) + conv_params(16, 32, 5) + conv_params(32, 48, 3)
         + conv_params(48, 48, 3) + conv_params(48, 32, 3) + fc_params(32 * 9, 384)
         + fc_params(384, 384) + fc_params(384, 10))
-
-
-@pytest.mark.parametrize("shape", [(3, 7, 5), (2, 16, 6, 5), (2, 6, 3, 4, 5)])
-@pytest.mark.parametrize("size", [1, 4, 5])
-def test_contrast_norm_is_local_response_norm(shape, size):
-    fast = ContrastNorm(size, alpha=0.3, beta=0.75, k=2.0)
-    reference = nn.LocalResponseNorm(size, alpha=0.3, beta=0.75, k=2.0)
-    x = (3 * torch.randn(shape, dtype=torch.float64)).requires_grad_()
-    grad = torch.randn(shape, dtype=torch.float64)
-    ours, theirs = fast(x), reference(x)
-    torch.testing.assert_close(ours, theirs)
-    torch.testing.assert_close(
-        torch.autograd.grad(ours, x, grad)[0], torch.autograd.grad(theirs, x, grad)[0]
-    )
-
-
-def test_contrast_norm_rejects_inputs_without_channels():
-    with pytest.raises(ValueError, match=r"\(N, C, \.\.\.\) input, got shape \(4, 5\)"):
-        ContrastNorm(5)(torch.ones(4, 5))
 
 
 def test_normalisation_inside_model():

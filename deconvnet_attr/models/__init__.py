@@ -8,12 +8,11 @@ from .reference import (
     load_reference,
     save_model,
 )
-from .zfnet import REMOVABLE_LAYERS, ContrastNorm, ZFNet, zfnet, zfnet_fashion
+from .zfnet import REMOVABLE_LAYERS, ZFNet, zfnet, zfnet_fashion
 
 __all__ = [
     "ARCHS",
     "REMOVABLE_LAYERS",
-    "ContrastNorm",
     "ZFNet",
     "build_model",
     "load_checkpoints",
