@@ -443,17 +443,26 @@ def correspondence_section(ctx: ReportContext) -> Section | None:
     from deconvnet_attr.analysis.correspondence import (
         correspondence_markdown,
         correspondence_table,
+        part_images,
         plot_correspondence,
     )
 
+    title = "Correspondence analysis (Sec. 5.3, Table 1)"
     images, labels = ctx.images()
-    parts = ctx.parts[:2] if ctx.quick else ctx.parts
-    per_class = min(int((labels == part.label).sum()) for part in parts)
-    if per_class < 2:
-        return None
+    showing = {part: len(part_images(images, labels, part)) for part in ctx.parts}
+    usable = [part for part in ctx.parts if showing[part] >= 2][: 2 if ctx.quick else None]
+    skipped = [f"{part.name} ({showing[part]})" for part in ctx.parts if showing[part] < 2]
+    note = (
+        "Skipped, fewer than 2 of the images show the part (count in brackets): "
+        + ", ".join(skipped) + ". Use more images (--max-images) to include them."
+        if skipped else ""
+    )
+    if not usable:
+        return Section(title, _paragraph(note))
     layers = _low_high_layers(ctx, "conv5", "fc7")
     table = correspondence_table(
-        ctx.model, images, labels, layers, parts=parts, n_images=min(5, per_class),
+        ctx.model, images, labels, layers, parts=usable,
+        n_images=min(5, *(showing[part] for part in usable)),
         n_sets=1 if ctx.quick else 5, n_random=3 if ctx.quick else 10, batch_size=ctx.batch_size,
     )
     header, _, *rows = [
@@ -469,7 +478,7 @@ def correspondence_section(ctx: ReportContext) -> Section | None:
         "size per image, and one shared random box. Mean ± std over random image sets."
     )
     body = intro + html_table(header, rows) + ctx.save(fig, "correspondence.png", "Δ per part")
-    return Section("Correspondence analysis (Sec. 5.3, Table 1)", body)
+    return Section(title, body + (_paragraph(note) if note else ""))
 
 
 SECTIONS: list[SectionBuilder] = [

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from deconvnet_attr.ablation import PAPER_GROUPS
-from deconvnet_attr.analysis.correspondence import FASHION_MNIST_PARTS
+from deconvnet_attr.analysis.correspondence import FASHION_MNIST_PARTS, part_images
+from deconvnet_attr.data import load_eval_subset
 from deconvnet_attr.models import load_reference, zfnet_fashion
 from deconvnet_attr.report import build_model, html_table, main, with_input_normalization
 
@@ -68,6 +69,23 @@ def test_quick_report_on_the_bundled_reference(tmp_path):
     # the ablation table lists the paper's layer groups, the correspondence table the parts
     assert all(f"<td>{group}</td>" in text for group in PAPER_GROUPS)
     assert all(f"<td>{part.name}</td>" in text for part in FASHION_MNIST_PARTS[:2])  # quick
+
+
+def test_correspondence_uses_the_parts_that_enough_images_show(tmp_path):
+    """With few images some parts are shown by < 2 of them: those are named as skipped, the
+    others are analysed (not the whole section dropped)."""
+    out = tmp_path / "report"
+    main(["--out", str(out), "--max-images", "20", "--quick", "--no-progress"])
+    images, labels = load_eval_subset()
+    picked = torch.linspace(0, len(images) - 1, 20).round().long()  # --max-images: evenly spaced
+    showing = {p: len(part_images(images[picked], labels[picked], p)) for p in FASHION_MNIST_PARTS}
+    assert sorted(showing.values())[0] < 2 <= sorted(showing.values())[-1]  # both kinds occur
+    text = (out / "index.html").read_text(encoding="utf-8")
+    assert "Correspondence analysis (Sec. 5.3, Table 1)" in read_page(out).headings
+    for part, count in showing.items():
+        assert (f"{part.name} ({count})" in text) == (count < 2), part.name
+    analysed = [p for p in FASHION_MNIST_PARTS if showing[p] >= 2][:2]  # quick: two parts
+    assert all(f"<td>{part.name}</td>" in text for part in analysed)
 
 
 def test_quick_report_on_an_image_folder_with_an_own_model_and_checkpoints(tmp_path):
