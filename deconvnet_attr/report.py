@@ -376,8 +376,8 @@ def invariance_section(ctx: ReportContext) -> Section:
     from deconvnet_attr.analysis.invariance import (
         default_transforms,
         invariance_curves,
-        plot_invariance,
     )
+    from deconvnet_attr.viz import plot_invariance
 
     images, labels = _one_per_class(ctx, 2 if ctx.quick else 5)
     layers = _low_high_layers(ctx, "conv1", "fc7")
@@ -444,8 +444,8 @@ def correspondence_section(ctx: ReportContext) -> Section | None:
         correspondence_markdown,
         correspondence_table,
         part_images,
-        plot_correspondence,
     )
+    from deconvnet_attr.viz import plot_correspondence
 
     title = "Correspondence analysis (Sec. 5.3, Table 1)"
     images, labels = ctx.images()

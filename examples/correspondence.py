@@ -19,9 +19,10 @@ import matplotlib
 import torch
 
 from deconvnet_attr import correspondence_table
-from deconvnet_attr.analysis.correspondence import correspondence_markdown, plot_correspondence
+from deconvnet_attr.analysis.correspondence import correspondence_markdown
 from deconvnet_attr.data import load_eval_subset
 from deconvnet_attr.models import load_reference
+from deconvnet_attr.viz import plot_correspondence
 
 matplotlib.use("Agg")
 

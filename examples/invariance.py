@@ -18,9 +18,9 @@ import matplotlib
 import torch
 
 from deconvnet_attr import invariance_curves
-from deconvnet_attr.analysis.invariance import plot_invariance
 from deconvnet_attr.data import load_eval_subset
 from deconvnet_attr.models import load_reference
+from deconvnet_attr.viz import plot_invariance
 
 matplotlib.use("Agg")
 

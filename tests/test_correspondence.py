@@ -16,8 +16,8 @@ from deconvnet_attr.analysis.correspondence import (
     hamming_delta,
     occlude,
     part_images,
-    plot_correspondence,
 )
+from deconvnet_attr.viz import plot_correspondence
 
 matplotlib.use("Agg")
 

@@ -11,9 +11,9 @@ from torch import nn
 from deconvnet_attr.analysis.invariance import (
     invariance_curves,
     layer_features,
-    plot_invariance,
     transform_images,
 )
+from deconvnet_attr.viz import plot_invariance
 
 matplotlib.use("Agg")
 

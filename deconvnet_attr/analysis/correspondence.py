@@ -36,7 +36,6 @@ __all__ = [
     "hamming_delta",
     "occlude",
     "part_images",
-    "plot_correspondence",
 ]
 
 
@@ -318,51 +317,6 @@ def correspondence_markdown(table: CorrespondenceTable) -> str:
                 cells.append(f"{values.mean():.3f} ± {values.std(correction=0):.3f}")
         lines.append(f"| {part.name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def plot_correspondence(
-    table: CorrespondenceTable,
-    images: Tensor | None = None,
-    labels: Tensor | None = None,
-):
-    """Bar chart of Δ (mean ± std) per part and layer: part vs the two random controls.
-
-    With ``images`` / ``labels`` (the data set the table was computed on) a top row shows the first
-    image of each part's class with the part's box outlined. Returns a matplotlib ``Figure``.
-    """
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    n_parts, n_layers = len(table.parts), len(table.layers)
-    show = images is not None and labels is not None
-    fig = plt.figure(figsize=(max(8.0, 1.6 * n_parts), 3.4 * n_layers + 1.8 * show))
-    grid = fig.add_gridspec(n_layers + show, n_parts, height_ratios=[1.0] * show + [2.0] * n_layers)
-    if show:
-        for p, part in enumerate(table.parts):
-            ax = fig.add_subplot(grid[0, p])
-            index = int((labels == part.label).nonzero()[0])
-            image = images[index].clamp(0, 1).permute(1, 2, 0).squeeze(-1)
-            ax.imshow(image.numpy(), cmap="gray", vmin=0, vmax=1)
-            x0, y0, x1, y1 = part.pixels(*images.shape[-2:])
-            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="red"))
-            ax.set_title(part.name, fontsize=8)
-            ax.axis("off")
-    x = torch.arange(n_parts, dtype=torch.float32)
-    kinds = (("part", table.part), ("random box", table.random),
-             ("shared random box", table.shared))
-    for col, layer in enumerate(table.layers):
-        ax = fig.add_subplot(grid[show + col, :])
-        for k, (label, data) in enumerate(kinds):
-            values = data[:, :, col]
-            ax.bar((x + (k - 1) * 0.27).numpy(), values.mean(1).numpy(), 0.27,
-                   yerr=values.std(1, correction=0).numpy(), capsize=2, label=label)
-        ax.set_xticks(x.numpy())
-        ax.set_xticklabels([p.name for p in table.parts], fontsize=8)
-        ax.set_ylabel(f"{layer}: Δ (lower = consistent)")
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
 
 
 def _check_boxes(boxes: object, n: int, height: int, width: int) -> Tensor:

@@ -26,7 +26,6 @@ __all__ = [
     "default_transforms",
     "invariance_curves",
     "layer_features",
-    "plot_invariance",
     "resolve_layers",
     "transform_images",
 ]
@@ -263,76 +262,6 @@ def invariance_curves(
         }
         curves[name] = InvarianceCurve(name, values, dist, prob.contiguous())
     return InvarianceResult(curves, tuple(names), labels.clone(), tuple(fills))
-
-
-def plot_invariance(
-    result: InvarianceResult,
-    images: Tensor | None = None,
-    class_names: Sequence[str] | None = None,
-    example: int = 0,
-):
-    """Figure in the layout of the paper's Fig. 5: one column per transform.
-
-    Rows: (optional) five transformed versions of ``images[example]``, then one row per layer with
-    the feature distance against the transform parameter, then the true-class probability. One line
-    per image, labelled with its class (``class_names[label]`` when given). Returns a matplotlib
-    ``Figure``.
-    """
-    import matplotlib.pyplot as plt
-
-    transforms = list(result.curves)
-    rows = len(result.layers) + 1 + (images is not None)
-    ratios = [0.6] * (images is not None) + [1.0] * (rows - (images is not None))
-    fig, axes = plt.subplots(
-        rows, len(transforms), figsize=(4.2 * len(transforms), 2.8 * sum(ratios)), squeeze=False,
-        gridspec_kw={"height_ratios": ratios},
-    )
-    units = {
-        "translation": "vertical shift (px)",
-        "scale": "scale factor",
-        "rotation": "rotation (degrees)",
-    }
-    labels = [class_names[int(c)] if class_names else f"class {int(c)}" for c in result.labels]
-    for col, name in enumerate(transforms):
-        curve = result.curves[name]
-        row = 0
-        if images is not None:
-            _draw_strip(axes[0, col], images[example : example + 1], curve, result.fill)
-            row = 1
-        panels = [(f"{layer}: ‖x − x'‖₂", curve.distances[layer]) for layer in result.layers]
-        panels.append(("P(true class)", curve.probability))
-        for title, data in panels:
-            ax = axes[row, col]
-            for i, line in enumerate(data):
-                ax.plot(curve.values.numpy(), line.numpy(), marker=".", ms=3, label=labels[i])
-            ax.set_ylabel(title)
-            ax.grid(alpha=0.3)
-            row += 1
-        axes[-1, col].set_xlabel(units[name])
-        axes[-1, col].set_ylim(-0.02, 1.02)
-    axes[-1, -1].legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    return fig
-
-
-def _draw_strip(ax, image: Tensor, curve: InvarianceCurve, fill: Sequence[float]) -> None:
-    """Five evenly spaced transformed versions of one image side by side on ``ax``."""
-    picks = torch.linspace(0, len(curve.values) - 1, min(5, len(curve.values))).round().long()
-    tiles = [
-        transform_images(image, curve.transform, float(curve.values[i]), fill)[0] for i in picks
-    ]
-    strip = torch.cat([t.clamp(0, 1) for t in tiles], dim=2).permute(1, 2, 0)
-    ax.imshow(
-        strip.squeeze(-1).numpy() if strip.shape[-1] == 1 else strip.numpy(),
-        cmap="gray",
-        vmin=0,
-        vmax=1,
-    )
-    width = tiles[0].shape[-1]
-    ax.set_xticks([width * (k + 0.5) for k in range(len(tiles))])
-    ax.set_xticklabels([f"{float(curve.values[i]):g}" for i in picks])
-    ax.set_yticks([])
-    ax.set_title(curve.transform)
 
 
 def _fill_values(fill: float | Sequence[float], channels: int) -> list[float]:
