@@ -12,6 +12,7 @@ scaled by that value before comparing) and prints a markdown table.
 
     python benchmarks/projection.py                   # reference conv5, bundled subset
     python benchmarks/projection.py --layer conv3 --threads 2
+    python benchmarks/projection.py --device cuda      # both methods on the GPU
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from deconvnet_attr.models import load_reference
 def captum_loop(model, layer, images, top) -> torch.Tensor:
     """One ``NeuronDeconvolution.attribute`` call per (image, channel, location) seed."""
     method = NeuronDeconvolution(model, layer)
-    out = torch.empty(*top.indices.shape, *images.shape[1:])
+    out = torch.empty(*top.indices.shape, *images.shape[1:], device=images.device)
     with warnings.catch_warnings():  # Captum warns on every call; printing would cost it time
         warnings.simplefilter("ignore")
         for c, channel in enumerate(top.channels.tolist()):
@@ -57,10 +58,13 @@ def split_passes(model, layer, images, top) -> tuple[float, float, float]:
     with _deconvnet(model, whole_forward=False):
         start = time.perf_counter()
         act = projector._layer_output((batch,), None)
+        synchronize(batch.device)
         forward = time.perf_counter() - start
         seed = _layer_seed(act, channels, locations)
+        synchronize(batch.device)
         start = time.perf_counter()
         torch.autograd.grad(act, batch, seed)
+        synchronize(batch.device)
         backward = time.perf_counter() - start
         with FlopCounterMode(display=False) as counter:  # its module hooks need a non-leaf input
             act = projector._layer_output((batch * 1,), None)
@@ -68,12 +72,20 @@ def split_passes(model, layer, images, top) -> tuple[float, float, float]:
     return forward, backward, counter.get_total_flops() / 1e9
 
 
-def best_of(repeats: int, fn):
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that wall times cover it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_of(repeats: int, fn, device: torch.device):
     """Smallest wall time of ``repeats`` runs of ``fn`` and the last result."""
     times, result = [], None
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         result = fn()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return min(times), result
 
@@ -86,17 +98,22 @@ def main(argv: list[str] | None = None) -> None:
                         help="comma-separated seed batch sizes for the batched projection")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="where both methods run, e.g. cuda")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model = load_reference()
-    images, _ = load_eval_subset()
+    device = torch.device(args.device)
+    model = load_reference().to(device)
+    images = load_eval_subset()[0].to(device)
     layer = model.get_submodule(args.layer)
     top = top_activations(model, layer, images, k=args.k, progress=False)
     seeds = top.indices.numel()
 
-    baseline_time, baseline = best_of(args.repeats, lambda: captum_loop(model, layer, images, top))
+    baseline_time, baseline = best_of(
+        args.repeats, lambda: captum_loop(model, layer, images, top), device
+    )
+    baseline = baseline.cpu()
     rows = [("Captum `NeuronDeconvolution`, one call per seed", 1, seeds, baseline_time)]
     worst = 0.0
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
@@ -105,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
             lambda b=batch_size: project_top_activations(
                 model, layer, images, top, batch_size=b, progress=False
             ),
+            device,
         )
         positive = top.values > 0  # a unit with activation <= 0 has no meaningful projection
         value = top.values[positive].reshape(-1, *([1] * (images.dim() - 1)))
@@ -123,8 +141,8 @@ def main(argv: list[str] | None = None) -> None:
                  "1 backward", backward))
 
     print(f"reference model `{args.layer}`, {len(images)} images, top-{args.k} of "
-          f"{len(top.channels)} channels = {seeds} seeds, torch threads {torch.get_num_threads()}, "
-          f"best of {args.repeats}\n")
+          f"{len(top.channels)} channels = {seeds} seeds, {device}, "
+          f"torch threads {torch.get_num_threads()}, best of {args.repeats}\n")
     print("| method | seeds per pass | forward+backward passes | time (s) | seeds/s | speed-up |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, per_pass, passes, elapsed in rows:
