@@ -44,17 +44,22 @@ def captum_loop(model, layer, images, top) -> torch.Tensor:
     return out
 
 
-def split_passes(model, layer, images, top) -> tuple[float, float, float]:
-    """Time the forward and the backward of one batched pass over all seeds, and count FLOPs.
+def seed_batch(images, top) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All seeds as one batch: their images (a leaf requiring grad), channels and locations."""
+    batch = images[top.indices.reshape(-1)].detach().requires_grad_()
+    channels = top.channels[:, None].expand_as(top.indices).reshape(-1)
+    return batch, channels, top.locations.reshape(-1, top.locations.shape[-1])
+
+
+def split_passes(model, layer, images, top) -> tuple[float, float]:
+    """Wall times (s) of the forward and of the backward of one batched pass over all seeds.
 
     The backward alone is a lower bound for any method that back-propagates each seed separately
     (the deconvnet's relu* makes projections of different seeds non-additive, so seeds of the same
-    image cannot share a backward). Returns (forward s, backward s, forward+backward GFLOP).
+    image cannot share a backward).
     """
     projector = DeconvProjection(model, layer)
-    batch = images[top.indices.reshape(-1)].detach().requires_grad_()
-    channels = top.channels[:, None].expand_as(top.indices).reshape(-1)
-    locations = top.locations.reshape(-1, top.locations.shape[-1])
+    batch, channels, locations = seed_batch(images, top)
     with _deconvnet(model, whole_forward=False):
         start = time.perf_counter()
         act = projector._layer_output((batch,), None)
@@ -66,10 +71,17 @@ def split_passes(model, layer, images, top) -> tuple[float, float, float]:
         torch.autograd.grad(act, batch, seed)
         synchronize(batch.device)
         backward = time.perf_counter() - start
-        with FlopCounterMode(display=False) as counter:  # its module hooks need a non-leaf input
-            act = projector._layer_output((batch * 1,), None)
-            torch.autograd.grad(act, batch, _layer_seed(act, channels, locations))
-    return forward, backward, counter.get_total_flops() / 1e9
+    return forward, backward
+
+
+def gflop(model, layer, images, top) -> float:
+    """GFLOP of the forward + backward of one batched pass over all seeds (``FlopCounterMode``)."""
+    projector = DeconvProjection(model, layer)
+    batch, channels, locations = seed_batch(images, top)
+    with _deconvnet(model, whole_forward=False), FlopCounterMode(display=False) as counter:
+        act = projector._layer_output((batch * 1,), None)  # its module hooks need a non-leaf input
+        torch.autograd.grad(act, batch, _layer_seed(act, channels, locations))
+    return counter.get_total_flops() / 1e9
 
 
 def synchronize(device: torch.device) -> None:
@@ -134,8 +146,8 @@ def main(argv: list[str] | None = None) -> None:
                      elapsed))
     splits = [split_passes(model, layer, images, top) for _ in range(args.repeats)]
     forward, backward = min(s[0] for s in splits), min(s[1] for s in splits)
-    gflop = splits[0][2]
-    rows.append((f"forward alone, all seeds in one batch ({gflop:.2f} GFLOP fwd+bwd)", seeds,
+    flops = gflop(model, layer, images, top)
+    rows.append((f"forward alone, all seeds in one batch ({flops:.2f} GFLOP fwd+bwd)", seeds,
                  "1 forward", forward))
     rows.append(("deconvnet backward alone, all seeds in one batch (lower bound)", seeds,
                  "1 backward", backward))
@@ -148,8 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, per_pass, passes, elapsed in rows:
         print(f"| {name} | {per_pass} | {passes} | {elapsed:.3f} | {seeds / elapsed:.0f} | "
               f"{baseline_time / elapsed:.1f}x |")
-    print(f"\n{gflop:.2f} GFLOP for the forward + backward of all seeds (FlopCounterMode): "
-          f"{gflop / (forward + backward):.0f} GFLOP/s in the split passes.")
+    print(f"\n{flops:.2f} GFLOP for the forward + backward of all seeds (FlopCounterMode): "
+          f"{flops / (forward + backward):.0f} GFLOP/s in the split passes.")
     print(f"max |ours - activation * captum| / max |ours| = {worst:.1e} over the "
           f"{int((top.values > 0).sum())} seeds with a positive activation")
 
