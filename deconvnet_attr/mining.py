@@ -419,6 +419,13 @@ def project_top_activations(
     num_channels, k = top.indices.shape
     seed_channels = top.channels[:, None].expand(num_channels, k).reshape(-1)
     seed_images = top.indices.reshape(-1)
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    size = len(dataset) if hasattr(dataset, "__len__") else None
+    if size is not None and len(seed_images) and int(seed_images.max()) >= size:
+        raise ValueError(
+            f"top refers to data-set position {int(seed_images.max())} but data holds {size} "
+            "examples: project with the data that top_activations mined"
+        )
     seed_locations = top.locations.reshape(num_channels * k, -1)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     projector = DeconvProjection(model, module)
@@ -429,11 +436,14 @@ def project_top_activations(
     ):
         stop = start + batch_size
         images = _examples(data, seed_images[start:stop])
-        projected = projector.attribute(
-            images.to(device),
-            target=seed_channels[start:stop].tolist(),
-            neuron=seed_locations[start:stop].to(device),
-        )
+        try:
+            projected = projector.attribute(
+                images.to(device),
+                target=seed_channels[start:stop].tolist(),
+                neuron=seed_locations[start:stop].to(device),
+            )
+        except ValueError as err:  # out-of-range channels or locations: top is from elsewhere
+            raise ValueError(f"{err} (was top mined on this layer of this model?)") from err
         pieces.append(projected.detach().cpu())
     if not pieces:
         raise ValueError("top holds no mined units to project")

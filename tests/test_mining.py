@@ -255,6 +255,20 @@ def test_projections_from_a_generic_dataset():
         project_top_activations(model, "4", (x for x in images), top, progress=False)
 
 
+def test_projecting_a_top_from_other_data_or_another_layer_says_so():
+    model, images = small_cnn(), dataset(10)
+    top4 = top_activations(model, "4", images, k=2, progress=False)  # 6 channels, 3x3 maps
+    top1 = top_activations(model, "1", images, k=2, progress=False)  # 4 channels, 10x10 maps
+    few = images[: int(top4.indices.max())]
+    with pytest.raises(ValueError, match=f"position {int(top4.indices.max())} but data holds "
+                                         f"{len(few)} examples"):
+        project_top_activations(model, "4", few, top4, progress=False)
+    with pytest.raises(ValueError, match="channel .* out of range.*mined on this layer"):
+        project_top_activations(model, "1", images, top4, progress=False)
+    with pytest.raises(ValueError, match="out of range.*mined on this layer"):
+        project_top_activations(model, "4", images, top1, progress=False)
+
+
 def test_receptive_field_patches_match_pixelwise_crop():
     gen = torch.Generator().manual_seed(2)
     images = torch.rand(4, 2, 10, 12, generator=gen)
