@@ -369,9 +369,14 @@ def _unravel(flat_index: Tensor, shape: Sequence[int]) -> Tensor:
     )
 
 
+def _dataset_of(data: Tensor | Dataset | DataLoader) -> Tensor | Dataset:
+    """The indexable data behind ``data``: a DataLoader's data set, else ``data`` itself."""
+    return data.dataset if isinstance(data, DataLoader) else data
+
+
 def _examples(data: Tensor | Dataset | DataLoader, indices: Tensor) -> Tensor:
     """Input tensors ``(len(indices), ...)`` of a tensor, a map-style data set or a DataLoader's."""
-    dataset = data.dataset if isinstance(data, DataLoader) else data
+    dataset = _dataset_of(data)
     if isinstance(dataset, TensorDataset):
         dataset = dataset.tensors[0]
     if isinstance(dataset, Tensor):
@@ -419,7 +424,7 @@ def project_top_activations(
     num_channels, k = top.indices.shape
     seed_channels = top.channels[:, None].expand(num_channels, k).reshape(-1)
     seed_images = top.indices.reshape(-1)
-    dataset = data.dataset if isinstance(data, DataLoader) else data
+    dataset = _dataset_of(data)
     size = len(dataset) if hasattr(dataset, "__len__") else None
     if size is not None and len(seed_images) and int(seed_images.max()) >= size:
         raise ValueError(
