@@ -349,13 +349,8 @@ def _draw_strip(ax, image: Tensor, curve: InvarianceCurve, fill: Sequence[float]
     tiles = [
         transform_images(image, curve.transform, float(curve.values[i]), fill)[0] for i in picks
     ]
-    strip = torch.cat([t.clamp(0, 1) for t in tiles], dim=2).permute(1, 2, 0)
-    ax.imshow(
-        strip.squeeze(-1).numpy() if strip.shape[-1] == 1 else strip.numpy(),
-        cmap="gray",
-        vmin=0,
-        vmax=1,
-    )
+    strip = np.concatenate(list(image_display(torch.stack(tiles))), axis=1)  # side by side
+    ax.imshow(strip, cmap="gray", vmin=0, vmax=1)
     width = tiles[0].shape[-1]
     ax.set_xticks([width * (k + 0.5) for k in range(len(tiles))])
     ax.set_xticklabels([f"{float(curve.values[i]):g}" for i in picks])
@@ -381,8 +376,7 @@ def plot_correspondence(
         for p, part in enumerate(table.parts):
             ax = fig.add_subplot(grid[0, p])
             index = int((labels == part.label).nonzero()[0])
-            image = images[index].clamp(0, 1).permute(1, 2, 0).squeeze(-1)
-            ax.imshow(image.numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(image_display(images[index : index + 1])[0], cmap="gray", vmin=0, vmax=1)
             x0, y0, x1, y1 = part.pixels(*images.shape[-2:])
             box = plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="red")
             ax.add_patch(box)
