@@ -81,8 +81,13 @@ def bench(name: str, stride: int, args: argparse.Namespace) -> dict[str, object]
     image = torch.rand(1, 3, 224, 224, device=args.device)
     with torch.no_grad():
         target = int(model(image).argmax())
-    kwargs = dict(sliding_window_shapes=(3, 16, 16), strides=stride, target=target,
-                  baselines=0.0, perturbations_per_eval=args.ppe)
+    kwargs = dict(
+        sliding_window_shapes=(3, 16, 16),
+        strides=stride,
+        target=target,
+        baselines=0.0,
+        perturbations_per_eval=args.ppe,
+    )
     ours = Occlusion(model)
     theirs = CaptumOcclusion(model)
     wall_ours, wall_theirs, cpu_ours, cpu_theirs = [], [], [], []
@@ -96,21 +101,32 @@ def bench(name: str, stride: int, args: argparse.Namespace) -> dict[str, object]
     run = ours.last_run
     if args.memory:  # peak memory does not grow with the number of batches: use stride 16
         small = dict(kwargs, strides=16)
-        memory = (peak_mib(lambda: theirs.attribute(image, **small)),
-                  peak_mib(lambda: ours.attribute(image, **small)))
+        memory = (
+            peak_mib(lambda: theirs.attribute(image, **small)),
+            peak_mib(lambda: ours.attribute(image, **small)),
+        )
     if args.fp64:  # how far each float32 result is from a float64 evaluation of the same sweep
         exact = CaptumOcclusion(copy.deepcopy(model).double()).attribute(image.double(), **kwargs)
         scale = exact.abs().max()
-        fp64 = (f" {float((expected - exact).abs().max() / scale):.1e} / "
-                f"{float((got - exact).abs().max() / scale):.1e} |")
+        fp64 = (
+            f" {float((expected - exact).abs().max() / scale):.1e} / "
+            f"{float((got - exact).abs().max() / scale):.1e} |"
+        )
     speedup = min(wall_theirs) / min(wall_ours)
     theory = run.stats.theoretical_speedup
     return {
-        "model": name, "windows": (224 - 16 + stride - 1) // stride + 1, "stride": stride,
-        "captum": min(wall_theirs), "ours": min(wall_ours), "speedup": speedup,
-        "cpu_captum": min(cpu_theirs), "cpu_ours": min(cpu_ours),
-        "cpu_speedup": min(cpu_theirs) / min(cpu_ours), "theory": theory,
-        "ratio": speedup / theory, "path": run.path,
+        "model": name,
+        "windows": (224 - 16 + stride - 1) // stride + 1,
+        "stride": stride,
+        "captum": min(wall_theirs),
+        "ours": min(wall_ours),
+        "speedup": speedup,
+        "cpu_captum": min(cpu_theirs),
+        "cpu_ours": min(cpu_ours),
+        "cpu_speedup": min(cpu_theirs) / min(cpu_ours),
+        "theory": theory,
+        "ratio": speedup / theory,
+        "path": run.path,
         "memory": f" {memory[0]:.0f} / {memory[1]:.0f} |" if args.memory else "",
         "fp64": fp64 if args.fp64 else "",
         "diff": float((got - expected).abs().max() / expected.abs().max()),
@@ -126,29 +142,44 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--memory", action="store_true",
-                        help="also measure the peak extra resident memory of each (CPU, Linux)")
-    parser.add_argument("--fp64", action="store_true",
-                        help="also compare both results with a float64 evaluation")
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="also measure the peak extra resident memory of each (CPU, Linux)",
+    )
+    parser.add_argument(
+        "--fp64", action="store_true", help="also compare both results with a float64 evaluation"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
-        f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads"
-    print(f"device: {device}; torch {torch.__version__}; 224x224, window 16x16, "
-          f"perturbations_per_eval={args.ppe}, best of {args.repeats}\n")
-    print("| model | stride | windows | Captum (s) | ours (s) | speedup | CPU-time speedup "
-          "| theoretical | achieved/theoretical | max diff / max abs | path |"
-          + (" peak MiB Captum / ours |" if args.memory else "")
-          + (" diff to float64 Captum / ours |" if args.fp64 else ""))
+    device = (
+        torch.cuda.get_device_name()
+        if args.device.startswith("cuda")
+        else f"CPU ({platform.processor() or platform.machine()}), "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"device: {device}; torch {torch.__version__}; 224x224, window 16x16, "
+        f"perturbations_per_eval={args.ppe}, best of {args.repeats}\n"
+    )
+    print(
+        "| model | stride | windows | Captum (s) | ours (s) | speedup | CPU-time speedup "
+        "| theoretical | achieved/theoretical | max diff / max abs | path |"
+        + (" peak MiB Captum / ours |" if args.memory else "")
+        + (" diff to float64 Captum / ours |" if args.fp64 else "")
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * (args.memory + args.fp64))
     for name in args.models:
         row = bench(name, args.vgg_stride if name == "vgg16" else args.stride, args)
-        print(f"| {row['model']} | {row['stride']} | {row['windows']}x{row['windows']} "
-              f"| {row['captum']:.2f} | {row['ours']:.2f} | {row['speedup']:.2f}x "
-              f"| {row['cpu_speedup']:.2f}x ({row['cpu_captum']:.1f} / {row['cpu_ours']:.1f} s) "
-              f"| {row['theory']:.2f}x | {row['ratio']:.2f} | {row['diff']:.1e} "
-              f"| {row['path']} |{row['memory']}{row['fp64']}", flush=True)
+        print(
+            f"| {row['model']} | {row['stride']} | {row['windows']}x{row['windows']} "
+            f"| {row['captum']:.2f} | {row['ours']:.2f} | {row['speedup']:.2f}x "
+            f"| {row['cpu_speedup']:.2f}x ({row['cpu_captum']:.1f} / {row['cpu_ours']:.1f} s) "
+            f"| {row['theory']:.2f}x | {row['ratio']:.2f} | {row['diff']:.1e} "
+            f"| {row['path']} |{row['memory']}{row['fp64']}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -106,8 +106,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--layer", default="conv5")
     parser.add_argument("--k", type=int, default=9)
-    parser.add_argument("--batch-sizes", default="1,64,512",
-                        help="comma-separated seed batch sizes for the batched projection")
+    parser.add_argument(
+        "--batch-sizes",
+        default="1,64,512",
+        help="comma-separated seed batch sizes for the batched projection",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="where both methods run, e.g. cuda")
@@ -142,28 +145,49 @@ def main(argv: list[str] | None = None) -> None:
         error = (ours[positive] - expected).abs().max() / ours[positive].abs().max()
         worst = max(worst, float(error))
         passes = -(-seeds // batch_size)
-        rows.append((f"`project_top_activations` (batch {batch_size})", batch_size, passes,
-                     elapsed))
+        rows.append(
+            (f"`project_top_activations` (batch {batch_size})", batch_size, passes, elapsed)
+        )
     splits = [split_passes(model, layer, images, top) for _ in range(args.repeats)]
     forward, backward = min(s[0] for s in splits), min(s[1] for s in splits)
     flops = gflop(model, layer, images, top)
-    rows.append((f"forward alone, all seeds in one batch ({flops:.2f} GFLOP fwd+bwd)", seeds,
-                 "1 forward", forward))
-    rows.append(("deconvnet backward alone, all seeds in one batch (lower bound)", seeds,
-                 "1 backward", backward))
+    rows.append(
+        (
+            f"forward alone, all seeds in one batch ({flops:.2f} GFLOP fwd+bwd)",
+            seeds,
+            "1 forward",
+            forward,
+        )
+    )
+    rows.append(
+        (
+            "deconvnet backward alone, all seeds in one batch (lower bound)",
+            seeds,
+            "1 backward",
+            backward,
+        )
+    )
 
-    print(f"reference model `{args.layer}`, {len(images)} images, top-{args.k} of "
-          f"{len(top.channels)} channels = {seeds} seeds, {device}, "
-          f"torch threads {torch.get_num_threads()}, best of {args.repeats}\n")
+    print(
+        f"reference model `{args.layer}`, {len(images)} images, top-{args.k} of "
+        f"{len(top.channels)} channels = {seeds} seeds, {device}, "
+        f"torch threads {torch.get_num_threads()}, best of {args.repeats}\n"
+    )
     print("| method | seeds per pass | forward+backward passes | time (s) | seeds/s | speed-up |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, per_pass, passes, elapsed in rows:
-        print(f"| {name} | {per_pass} | {passes} | {elapsed:.3f} | {seeds / elapsed:.0f} | "
-              f"{baseline_time / elapsed:.1f}x |")
-    print(f"\n{flops:.2f} GFLOP for the forward + backward of all seeds (FlopCounterMode): "
-          f"{flops / (forward + backward):.0f} GFLOP/s in the split passes.")
-    print(f"max |ours - activation * captum| / max |ours| = {worst:.1e} over the "
-          f"{int((top.values > 0).sum())} seeds with a positive activation")
+        print(
+            f"| {name} | {per_pass} | {passes} | {elapsed:.3f} | {seeds / elapsed:.0f} | "
+            f"{baseline_time / elapsed:.1f}x |"
+        )
+    print(
+        f"\n{flops:.2f} GFLOP for the forward + backward of all seeds (FlopCounterMode): "
+        f"{flops / (forward + backward):.0f} GFLOP/s in the split passes."
+    )
+    print(
+        f"max |ours - activation * captum| / max |ours| = {worst:.1e} over the "
+        f"{int((top.values > 0).sum())} seeds with a positive activation"
+    )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,16 @@ __all__ = [
 DEFAULT_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 EVAL_SUBSET_FILE = "fashion_mnist_eval.npz"
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 _APT_HINT = "install it with `apt-get install -y dataset-fashion-mnist`"
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -148,8 +156,10 @@ def image_folder_transform(input_size: int, in_channels: int, train: bool):
     from torchvision import transforms
 
     resize = round(input_size * 256 / 224)
-    steps = [transforms.Grayscale(1) if in_channels == 1 else transforms.Lambda(_rgb),
-             transforms.Resize(resize)]
+    steps = [
+        transforms.Grayscale(1) if in_channels == 1 else transforms.Lambda(_rgb),
+        transforms.Resize(resize),
+    ]
     if train:
         steps += [transforms.RandomCrop(input_size), transforms.RandomHorizontalFlip()]
     else:

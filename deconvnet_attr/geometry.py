@@ -118,24 +118,83 @@ POINTWISE = OpSpec("pointwise")
 MERGE = OpSpec("merge")
 
 _POINTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
-    nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus,
-    nn.Identity, nn.LocalResponseNorm,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Softplus,
+    nn.Identity,
+    nn.LocalResponseNorm,
 )
 _DROPOUT_MODULES = (nn.Dropout, nn.Dropout2d, nn.AlphaDropout)
 _POINTWISE_FUNCTIONS = {
-    torch.relu, torch.relu_, F.relu, F.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu,
-    F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh, F.softplus, torch.sigmoid,
-    torch.tanh, F.sigmoid, F.tanh, torch.clamp, torch.abs, torch.exp, operator.neg,
+    torch.relu,
+    torch.relu_,
+    F.relu,
+    F.relu_,
+    F.relu6,
+    F.leaky_relu,
+    F.elu,
+    F.selu,
+    F.gelu,
+    F.silu,
+    F.mish,
+    F.hardswish,
+    F.hardsigmoid,
+    F.hardtanh,
+    F.softplus,
+    torch.sigmoid,
+    torch.tanh,
+    F.sigmoid,
+    F.tanh,
+    torch.clamp,
+    torch.abs,
+    torch.exp,
+    operator.neg,
     F.local_response_norm,
 }
 _POINTWISE_METHODS = {
-    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clamp_min",
-    "clamp_min_", "abs", "exp", "neg", "contiguous", "float", "clone",
+    "relu",
+    "relu_",
+    "sigmoid",
+    "sigmoid_",
+    "tanh",
+    "tanh_",
+    "clamp",
+    "clamp_",
+    "clamp_min",
+    "clamp_min_",
+    "abs",
+    "exp",
+    "neg",
+    "contiguous",
+    "float",
+    "clone",
 }
 _BINARY_FUNCTIONS = {
-    operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
-    operator.truediv, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div,
+    operator.add,
+    operator.iadd,
+    operator.sub,
+    operator.isub,
+    operator.mul,
+    operator.imul,
+    operator.truediv,
+    operator.itruediv,
+    torch.add,
+    torch.sub,
+    torch.mul,
+    torch.div,
 }
 _BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
 
@@ -145,13 +204,21 @@ def _conv_args(input, weight, bias=None, stride=1, padding=0, dilation=1, groups
     return locals()
 
 
-def _max_pool_args(input, kernel_size, stride=None, padding=0, dilation=1,
-                   ceil_mode=False, return_indices=False):
+def _max_pool_args(
+    input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
+):
     return locals()
 
 
-def _avg_pool_args(input, kernel_size, stride=None, padding=0, ceil_mode=False,
-                   count_include_pad=True, divisor_override=None):
+def _avg_pool_args(
+    input,
+    kernel_size,
+    stride=None,
+    padding=0,
+    ceil_mode=False,
+    count_include_pad=True,
+    divisor_override=None,
+):
     return locals()
 
 
@@ -159,8 +226,15 @@ def _bind(signature_of: Callable[..., dict], node: Node) -> dict[str, Any]:
     return inspect.signature(signature_of).bind(*node.args, **node.kwargs).arguments
 
 
-def _conv_spec(weight: Tensor, bias: Tensor | None, stride: Any, padding: Any, dilation: Any,
-               groups: int, padding_mode: str = "zeros") -> OpSpec:
+def _conv_spec(
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    groups: int,
+    padding_mode: str = "zeros",
+) -> OpSpec:
     if weight.dim() != 4:
         return OpSpec("opaque", reason=f"{weight.dim() - 2}-D convolution")
     if padding_mode != "zeros":
@@ -184,8 +258,9 @@ def _conv_spec(weight: Tensor, bias: Tensor | None, stride: Any, padding: Any, d
     return OpSpec("window", window, unpadded, 0.0, macs)
 
 
-def _max_pool_spec(kernel_size: Any, stride: Any, padding: Any, dilation: Any,
-                   return_indices: bool) -> OpSpec:
+def _max_pool_spec(
+    kernel_size: Any, stride: Any, padding: Any, dilation: Any, return_indices: bool
+) -> OpSpec:
     if return_indices:
         return OpSpec("opaque", reason="max pooling with return_indices=True")
     kernel = _pair(kernel_size, "kernel_size")
@@ -199,10 +274,17 @@ def _max_pool_spec(kernel_size: Any, stride: Any, padding: Any, dilation: Any,
     return OpSpec("window", window, unpadded, -math.inf)
 
 
-def _avg_pool_spec(kernel_size: Any, stride: Any, padding: Any, ceil_mode: bool,
-                   count_include_pad: bool, divisor_override: int | None,
-                   in_shape: torch.Size | None, out_shape: torch.Size | None,
-                   structural: bool) -> OpSpec:
+def _avg_pool_spec(
+    kernel_size: Any,
+    stride: Any,
+    padding: Any,
+    ceil_mode: bool,
+    count_include_pad: bool,
+    divisor_override: int | None,
+    in_shape: torch.Size | None,
+    out_shape: torch.Size | None,
+    structural: bool,
+) -> OpSpec:
     kernel = _pair(kernel_size, "kernel_size")
     stride = kernel if stride is None or stride == [] else _pair(stride, "stride")
     padding = _pair(padding, "padding")
@@ -212,8 +294,9 @@ def _avg_pool_spec(kernel_size: Any, stride: Any, padding: Any, ceil_mode: bool,
     if not count_include_pad and any(padding):
         return OpSpec("opaque", window, reason="average pooling with count_include_pad=False")
     if ceil_mode and in_shape is not None and out_shape is not None:
-        floor_out = [(in_shape[-2 + d] + 2 * padding[d] - kernel[d]) // stride[d] + 1
-                     for d in range(2)]
+        floor_out = [
+            (in_shape[-2 + d] + 2 * padding[d] - kernel[d]) // stride[d] + 1 for d in range(2)
+        ]
         if list(out_shape[-2:]) != floor_out:
             return OpSpec("opaque", window, reason="average pooling whose ceil_mode clips windows")
 
@@ -227,19 +310,40 @@ def _identity(region: Tensor) -> Tensor:
     return region
 
 
-def _module_spec(module: nn.Module, in_shape: torch.Size | None, out_shape: torch.Size | None,
-                 structural: bool) -> OpSpec:
+def _module_spec(
+    module: nn.Module, in_shape: torch.Size | None, out_shape: torch.Size | None, structural: bool
+) -> OpSpec:
     name = type(module).__name__
     if isinstance(module, nn.Conv2d):
-        return _conv_spec(module.weight, module.bias, module.stride, module.padding,
-                          module.dilation, module.groups, module.padding_mode)
+        return _conv_spec(
+            module.weight,
+            module.bias,
+            module.stride,
+            module.padding,
+            module.dilation,
+            module.groups,
+            module.padding_mode,
+        )
     if isinstance(module, nn.MaxPool2d):
-        return _max_pool_spec(module.kernel_size, module.stride, module.padding, module.dilation,
-                              module.return_indices)
+        return _max_pool_spec(
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            module.return_indices,
+        )
     if isinstance(module, nn.AvgPool2d):
-        return _avg_pool_spec(module.kernel_size, module.stride, module.padding, module.ceil_mode,
-                              module.count_include_pad, module.divisor_override, in_shape,
-                              out_shape, structural)
+        return _avg_pool_spec(
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.ceil_mode,
+            module.count_include_pad,
+            module.divisor_override,
+            in_shape,
+            out_shape,
+            structural,
+        )
     if isinstance(module, _POINTWISE_MODULES):
         return POINTWISE
     if isinstance(module, _DROPOUT_MODULES):
@@ -253,7 +357,8 @@ def _module_spec(module: nn.Module, in_shape: torch.Size | None, out_shape: torc
             return OpSpec("opaque", reason=f"{name} without running statistics")
         return POINTWISE
     if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and not getattr(
-            module, "return_indices", False):
+        module, "return_indices", False
+    ):
         if in_shape is not None and out_shape is not None and in_shape[-2:] == out_shape[-2:]:
             # pooling to the input's own size is the identity: a 1x1 window (on a rectangle,
             # the module itself would resize to the full output size)
@@ -261,8 +366,9 @@ def _module_spec(module: nn.Module, in_shape: torch.Size | None, out_shape: torc
     return OpSpec("opaque", reason=f"module {name}")
 
 
-def _function_spec(node: Node, values: dict[Node, Any], shapes: dict[Node, torch.Size],
-                   structural: bool) -> OpSpec:
+def _function_spec(
+    node: Node, values: dict[Node, Any], shapes: dict[Node, torch.Size], structural: bool
+) -> OpSpec:
     fn = node.target
 
     def value(x: Any) -> Any:
@@ -272,26 +378,39 @@ def _function_spec(node: Node, values: dict[Node, Any], shapes: dict[Node, torch
     try:
         if fn in (F.conv2d, torch.conv2d):
             a = {k: value(v) for k, v in _bind(_conv_args, node).items()}
-            return _conv_spec(a["weight"], a["bias"], a["stride"], a["padding"], a["dilation"],
-                              a["groups"])
+            return _conv_spec(
+                a["weight"], a["bias"], a["stride"], a["padding"], a["dilation"], a["groups"]
+            )
         if fn in (F.max_pool2d, torch.max_pool2d):
             a = {k: value(v) for k, v in _bind(_max_pool_args, node).items()}
-            return _max_pool_spec(a["kernel_size"], a["stride"], a["padding"], a["dilation"],
-                                  a["return_indices"])
+            return _max_pool_spec(
+                a["kernel_size"], a["stride"], a["padding"], a["dilation"], a["return_indices"]
+            )
         if fn is F.avg_pool2d:
             a = {k: value(v) for k, v in _bind(_avg_pool_args, node).items()}
             in_shape = shapes.get(node.args[0]) if node.args else None
-            return _avg_pool_spec(a["kernel_size"], a["stride"], a["padding"], a["ceil_mode"],
-                                  a["count_include_pad"], a["divisor_override"], in_shape,
-                                  shapes.get(node), structural)
+            return _avg_pool_spec(
+                a["kernel_size"],
+                a["stride"],
+                a["padding"],
+                a["ceil_mode"],
+                a["count_include_pad"],
+                a["divisor_override"],
+                in_shape,
+                shapes.get(node),
+                structural,
+            )
     except TypeError as error:
         return OpSpec("opaque", reason=f"unrecognised call of {name}: {error}")
     if fn in _POINTWISE_FUNCTIONS:
         return POINTWISE
     if fn in (F.dropout, F.dropout2d):
         training = node.kwargs.get("training", node.args[2] if len(node.args) > 2 else True)
-        return POINTWISE if structural or not training else OpSpec(
-            "opaque", reason=f"{name} in training mode is random")
+        return (
+            POINTWISE
+            if structural or not training
+            else OpSpec("opaque", reason=f"{name} in training mode is random")
+        )
     if fn in _BINARY_FUNCTIONS:
         return MERGE
     if fn is torch.cat:
@@ -369,12 +488,16 @@ class _Recorder(Interpreter):
 
 
 def _copy_tensors(tree: Any) -> Any:
-    return torch.utils._pytree.tree_map(
-        lambda x: x.clone() if isinstance(x, Tensor) else x, tree)
+    return torch.utils._pytree.tree_map(lambda x: x.clone() if isinstance(x, Tensor) else x, tree)
 
 
-def trace(fn: Callable[..., Any], example_args: tuple, *, structural: bool = False,
-          keep_values: bool = False) -> TracedNet:
+def trace(
+    fn: Callable[..., Any],
+    example_args: tuple,
+    *,
+    structural: bool = False,
+    keep_values: bool = False,
+) -> TracedNet:
     """Trace ``fn`` (an ``nn.Module`` or a traceable function) and describe every node.
 
     ``example_args`` are run once through the traced graph (under ``no_grad``; the model's
@@ -388,8 +511,9 @@ def trace(fn: Callable[..., Any], example_args: tuple, *, structural: bool = Fal
     try:
         gm = symbolic_trace(fn)
     except Exception as error:  # fx raises many types (TraceError, NameError, TypeError, ...)
-        raise GeometryError(f"torch.fx cannot trace {fn!r}: {type(error).__name__}: {error}") \
-            from error
+        raise GeometryError(
+            f"torch.fx cannot trace {fn!r}: {type(error).__name__}: {error}"
+        ) from error
     recorder = _Recorder(gm, keep_values)
     with torch.no_grad(), preserved_state(fn):
         try:
@@ -455,7 +579,8 @@ def _propagate(net: TracedNet, source: Node) -> dict[Node, ReceptiveField | str]
             fields[node] = ReceptiveField(
                 tuple(rf.size[d] + (w.span(d) - 1) * rf.stride[d] for d in range(2)),
                 tuple(rf.stride[d] * w.stride[d] for d in range(2)),
-                tuple(rf.offset[d] - w.padding[d] * rf.stride[d] for d in range(2)))
+                tuple(rf.offset[d] - w.padding[d] * rf.stride[d] for d in range(2)),
+            )
         elif spec.kind == "pointwise":
             fields[node] = inputs[0]
         elif spec.kind == "merge":
@@ -487,9 +612,12 @@ def layer_node(module: GraphModule, model: nn.Module, layer: nn.Module | str) ->
     nodes = list(module.graph.nodes)
     if name == "":
         return name, next(n for n in nodes if n.op == "output").args[0]
-    inside = [n for n in nodes
-              if (n.op == "call_module" and n.target == name)
-              or any(v[0] == name for v in n.meta.get("nn_module_stack", {}).values())]
+    inside = [
+        n
+        for n in nodes
+        if (n.op == "call_module" and n.target == name)
+        or any(v[0] == name for v in n.meta.get("nn_module_stack", {}).values())
+    ]
     members = set(inside)
     outputs = [n for n in inside if any(u not in members for u in n.users)]
     if not outputs:
@@ -515,8 +643,9 @@ def receptive_field(model: nn.Module, layer: nn.Module | str, example: Tensor) -
     if rf is None:
         raise GeometryError(f"layer {name!r} does not depend on the input")
     if isinstance(rf, str):
-        raise GeometryError(f"no receptive field for layer {name!r}: the path from the input "
-                            f"passes through {rf}")
+        raise GeometryError(
+            f"no receptive field for layer {name!r}: the path from the input passes through {rf}"
+        )
     return rf
 
 
@@ -543,8 +672,11 @@ def receptive_field_table(model: nn.Module, example: Tensor) -> list[LayerRecept
     rows = []
     for node in net.nodes:
         rf = fields.get(node)
-        if (net.specs[node].kind != "window" or not isinstance(rf, ReceptiveField)
-                or node not in net.shapes):
+        if (
+            net.specs[node].kind != "window"
+            or not isinstance(rf, ReceptiveField)
+            or node not in net.shapes
+        ):
             continue
         if node.op == "call_module":
             name, kind = str(node.target), type(modules[node.target]).__name__

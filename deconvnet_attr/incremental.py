@@ -40,13 +40,29 @@ __all__ = ["IncrementalForward", "RunStats"]
 logger = logging.getLogger("deconvnet_attr.occlusion")
 
 _VIEW_METHODS = {
-    "view", "reshape", "flatten", "unflatten", "transpose", "permute", "narrow", "select",
-    "split", "chunk", "squeeze", "unsqueeze", "expand", "expand_as", "detach", "t", "as_strided",
-    "contiguous", "view_as", "unbind",
+    "view",
+    "reshape",
+    "flatten",
+    "unflatten",
+    "transpose",
+    "permute",
+    "narrow",
+    "select",
+    "split",
+    "chunk",
+    "squeeze",
+    "unsqueeze",
+    "expand",
+    "expand_as",
+    "detach",
+    "t",
+    "as_strided",
+    "contiguous",
+    "view_as",
+    "unbind",
 }
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-_INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv,
-                      torch.relu_}
+_INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, torch.relu_}
 
 
 class _Unchanged:
@@ -128,16 +144,21 @@ def _aliasing_hazard(net: TracedNet) -> str | None:
         mutated = node.args[0]
         if mutated.op == "placeholder":
             return f"{node.name} modifies the input in place"
-        if mutated.op == "call_method" and mutated.target in _VIEW_METHODS \
-                or mutated.op == "call_function" and mutated.target is operator.getitem:
+        if (
+            mutated.op == "call_method"
+            and mutated.target in _VIEW_METHODS
+            or mutated.op == "call_function"
+            and mutated.target is operator.getitem
+        ):
             return f"{node.name} modifies a view ({mutated.name}) in place"
         if any(order[u] > order[node] for u in mutated.users if u is not node):
             return f"{node.name} modifies {mutated.name} in place, which is read afterwards"
     return None
 
 
-def _gather(ref: Tensor, patch: _Patch | None, top: Tensor, left: Tensor, h: int, w: int,
-            pad_value: float) -> Tensor:
+def _gather(
+    ref: Tensor, patch: _Patch | None, top: Tensor, left: Tensor, h: int, w: int, pad_value: float
+) -> Tensor:
     """Rectangles (B, C, h, w) at (top[b], left[b]) of the map ``patch``-over-``ref``.
 
     ``ref`` (n, C, H, W) is the reference map (sample ``b`` reads example ``b % n``); rows and
@@ -149,8 +170,12 @@ def _gather(ref: Tensor, patch: _Patch | None, top: Tensor, left: Tensor, h: int
     rows = top[:, None] + torch.arange(h, device=device)
     cols = left[:, None] + torch.arange(w, device=device)
     example = torch.arange(batch, device=device) % ref.shape[0]
-    out = ref[example[:, None, None], :, rows.clamp(0, height - 1)[:, :, None],
-              cols.clamp(0, width - 1)[:, None, :]]  # (B, h, w, C)
+    out = ref[
+        example[:, None, None],
+        :,
+        rows.clamp(0, height - 1)[:, :, None],
+        cols.clamp(0, width - 1)[:, None, :],
+    ]  # (B, h, w, C)
     outside = (rows < 0) | (rows >= height), (cols < 0) | (cols >= width)
     if outside[0].any() or outside[1].any():
         mask = outside[0][:, :, None] | outside[1][:, None, :]
@@ -159,8 +184,12 @@ def _gather(ref: Tensor, patch: _Patch | None, top: Tensor, left: Tensor, h: int
         ph, pw = patch.size
         prow, pcol = rows - patch.top[:, None], cols - patch.left[:, None]
         inside = ((prow >= 0) & (prow < ph))[:, :, None] & ((pcol >= 0) & (pcol < pw))[:, None, :]
-        values = patch.data[torch.arange(batch, device=device)[:, None, None], :,
-                            prow.clamp(0, ph - 1)[:, :, None], pcol.clamp(0, pw - 1)[:, None, :]]
+        values = patch.data[
+            torch.arange(batch, device=device)[:, None, None],
+            :,
+            prow.clamp(0, ph - 1)[:, :, None],
+            pcol.clamp(0, pw - 1)[:, None, :],
+        ]
         out = torch.where(inside[..., None], values, out)
     return out.permute(0, 3, 1, 2)
 
@@ -264,8 +293,13 @@ class IncrementalForward:
                 if arg is not ref and arg != ref:
                     return None
                 continue
-            if ref.dim() == 0 or arg.shape[1:] != ref.shape[1:] or arg.dtype != ref.dtype \
-                    or arg.device != ref.device or arg.shape[0] % ref.shape[0]:
+            if (
+                ref.dim() == 0
+                or arg.shape[1:] != ref.shape[1:]
+                or arg.dtype != ref.dtype
+                or arg.device != ref.device
+                or arg.shape[0] % ref.shape[0]
+            ):
                 return None
             if batch is not None and arg.shape[0] != batch:
                 return None
@@ -318,14 +352,20 @@ class IncrementalForward:
         net = self.net
         ref_out = net.values[node]
         inputs = [a for a in node.all_input_nodes if a in net.depends]
-        batched = isinstance(ref_out, Tensor) and ref_out.dim() >= 1 \
+        batched = (
+            isinstance(ref_out, Tensor)
+            and ref_out.dim() >= 1
             and ref_out.shape[0] == self._examples
+        )
         spec = net.specs[node]
         if batched and all(env[a] is UNCHANGED for a in inputs):
             self.stats.conv_macs_full += ref_out.numel() * spec.macs * copies
             return UNCHANGED
-        if batched and ref_out.dim() == 4 and all(
-                env[a] is UNCHANGED or isinstance(env[a], _Patch) for a in inputs):
+        if (
+            batched
+            and ref_out.dim() == 4
+            and all(env[a] is UNCHANGED or isinstance(env[a], _Patch) for a in inputs)
+        ):
             if spec.kind == "window" and spec.unpadded is not None and len(inputs) == 1:
                 result = self._window(node, env[inputs[0]], copies)
             elif spec.kind in ("pointwise", "merge"):
@@ -344,8 +384,7 @@ class IncrementalForward:
         out_h, out_w = ref_out.shape[-2:]
         ph, pw = patch.size
         top, h = _place(*window.affected_outputs(patch.top, patch.top + ph - 1, out_h, 0), out_h)
-        left, w = _place(*window.affected_outputs(patch.left, patch.left + pw - 1, out_w, 1),
-                         out_w)
+        left, w = _place(*window.affected_outputs(patch.left, patch.left + pw - 1, out_w, 1), out_w)
         full = ref_out[0].numel() * spec.macs * patch.data.shape[0]
         if h <= 0 or w <= 0:
             self.stats.conv_macs_full += full
@@ -356,22 +395,35 @@ class IncrementalForward:
         self.stats.conv_macs += full * h * w // (out_h * out_w)
         in_top, _ = window.inputs_needed(top, top, 0)
         in_left, _ = window.inputs_needed(left, left, 1)
-        region = _gather(ref_in, patch, in_top, in_left, (h - 1) * window.stride[0]
-                         + window.span(0), (w - 1) * window.stride[1] + window.span(1),
-                         spec.pad_value)
+        region = _gather(
+            ref_in,
+            patch,
+            in_top,
+            in_left,
+            (h - 1) * window.stride[0] + window.span(0),
+            (w - 1) * window.stride[1] + window.span(1),
+            spec.pad_value,
+        )
         return _Patch(spec.unpadded(region), top, left)
 
     def _pointwise(self, node: Node, inputs: list[Node], env: dict[Node, Any]) -> Any:
         net = self.net
         height, width = net.values[node].shape[-2:]
-        if any(not isinstance(net.values[a], Tensor) or net.values[a].dim() != 4
-               or net.values[a].shape[-2:] != (height, width) for a in inputs):
+        if any(
+            not isinstance(net.values[a], Tensor)
+            or net.values[a].dim() != 4
+            or net.values[a].shape[-2:] != (height, width)
+            for a in inputs
+        ):
             return None
         patches = [env[a] for a in inputs if isinstance(env[a], _Patch)]
         first = patches[0]
         if len(patches) == len(inputs) and all(
-                p.size == first.size and torch.equal(p.top, first.top)
-                and torch.equal(p.left, first.left) for p in patches[1:]):
+            p.size == first.size
+            and torch.equal(p.top, first.top)
+            and torch.equal(p.left, first.left)
+            for p in patches[1:]
+        ):
             top, left, (h, w) = first.top, first.left, first.size
             regions = {a: env[a].data for a in inputs}
         else:
@@ -379,17 +431,33 @@ class IncrementalForward:
             right = torch.stack([p.left + p.size[1] for p in patches]).amax(0)
             top, h = _place(torch.stack([p.top for p in patches]).amin(0), bottom - 1, height)
             left, w = _place(torch.stack([p.left for p in patches]).amin(0), right - 1, width)
-            regions = {a: _gather(net.values[a], env[a] if isinstance(env[a], _Patch) else None,
-                                  top, left, h, w, 0.0) for a in inputs}
+            regions = {
+                a: _gather(
+                    net.values[a],
+                    env[a] if isinstance(env[a], _Patch) else None,
+                    top,
+                    left,
+                    h,
+                    w,
+                    0.0,
+                )
+                for a in inputs
+            }
         for a in node.all_input_nodes:
             static = net.values.get(a)
-            if a not in net.depends and isinstance(static, Tensor) \
-                    and static.shape[-2:] == (height, width) and height * width > 1:
+            if (
+                a not in net.depends
+                and isinstance(static, Tensor)
+                and static.shape[-2:] == (height, width)
+                and height * width > 1
+            ):
                 if static.dim() != 4:
                     return None
                 regions[a] = _gather(static, None, top, left, h, w, 0.0)
-        out = self._call(node, *map_arg((node.args, node.kwargs),
-                                        lambda n: regions[n] if n in regions else env[n]))
+        out = self._call(
+            node,
+            *map_arg((node.args, node.kwargs), lambda n: regions[n] if n in regions else env[n]),
+        )
         if not isinstance(out, Tensor) or out.shape[-2:] != (h, w):
             raise GeometryError(f"{node.name} changed the spatial size of a rectangle")
         return _Patch(out, top, left)
@@ -429,6 +497,7 @@ class IncrementalForward:
         device = out.device
         rows = value.top[:, None, None] + torch.arange(h, device=device)[None, :, None]
         cols = value.left[:, None, None] + torch.arange(w, device=device)[None, None, :]
-        out[torch.arange(out.shape[0], device=device)[:, None, None], :, rows, cols] = \
+        out[torch.arange(out.shape[0], device=device)[:, None, None], :, rows, cols] = (
             value.data.permute(0, 2, 3, 1)
+        )
         return out

@@ -364,8 +364,10 @@ def _unravel(flat_index: Tensor, shape: Sequence[int]) -> Tensor:
     for size in reversed(list(shape)):
         coords.append(flat_index % size)
         flat_index = flat_index // size
-    return torch.stack(coords[::-1], dim=-1) if coords else flat_index.new_zeros(
-        (*flat_index.shape, 0)
+    return (
+        torch.stack(coords[::-1], dim=-1)
+        if coords
+        else flat_index.new_zeros((*flat_index.shape, 0))
     )
 
 
@@ -486,8 +488,9 @@ def receptive_field_patches(
     for m, (i, j) in enumerate(locations.tolist()):
         rows = _span(receptive_field, 0, i, height)
         cols = _span(receptive_field, 1, j, width)
-        src_r, src_c = slice(max(rows[0], 0), min(rows[1], height)), slice(
-            max(cols[0], 0), min(cols[1], width)
+        src_r, src_c = (
+            slice(max(rows[0], 0), min(rows[1], height)),
+            slice(max(cols[0], 0), min(cols[1], width)),
         )
         dst_r = slice(src_r.start - rows[0], src_r.stop - rows[0])
         dst_c = slice(src_c.start - cols[0], src_c.stop - cols[0])

@@ -46,8 +46,11 @@ class OcclusionRun:
 def _traceable(forward_func: Callable[..., Any]) -> Callable[..., Any]:
     """The object to trace: the module behind a bound ``forward``, else ``forward_func``."""
     owner = getattr(forward_func, "__self__", None)
-    if isinstance(owner, nn.Module) and inspect.ismethod(forward_func) \
-            and forward_func.__func__ is type(owner).forward:
+    if (
+        isinstance(owner, nn.Module)
+        and inspect.ismethod(forward_func)
+        and forward_func.__func__ is type(owner).forward
+    ):
         return owner
     return forward_func
 
@@ -87,14 +90,23 @@ class Occlusion(CaptumOcclusion):
         """
         engine = IncrementalForward(_traceable(self.forward_func))
         result = CaptumOcclusion(engine).attribute(
-            inputs, sliding_window_shapes, strides=strides, baselines=baselines, target=target,
+            inputs,
+            sliding_window_shapes,
+            strides=strides,
+            baselines=baselines,
+            target=target,
             additional_forward_args=additional_forward_args,
-            perturbations_per_eval=perturbations_per_eval, show_progress=show_progress)
+            perturbations_per_eval=perturbations_per_eval,
+            show_progress=show_progress,
+        )
         path = "incremental" if engine.incremental else "full"
         self.last_run = OcclusionRun(path, engine.reason, engine.stats)
         if self.last_run.path == "incremental":
-            logger.debug("incremental inference: %d batches, theoretical conv speedup %.2fx",
-                         self.last_run.stats.batches, self.last_run.stats.theoretical_speedup)
+            logger.debug(
+                "incremental inference: %d batches, theoretical conv speedup %.2fx",
+                self.last_run.stats.batches,
+                self.last_run.stats.theoretical_speedup,
+            )
         else:
             logger.debug("full recomputation: %s", self.last_run.reason)
         return result
@@ -191,8 +203,9 @@ def occlusion_maps(
     if window[0] > height or window[1] > width:
         raise ValueError(f"window {window} is larger than the image ({height}, {width})")
     if not isinstance(perturbations_per_eval, int) or perturbations_per_eval < 1:
-        raise ValueError(f"perturbations_per_eval must be a positive int, got "
-                         f"{perturbations_per_eval!r}")
+        raise ValueError(
+            f"perturbations_per_eval must be a positive int, got {perturbations_per_eval!r}"
+        )
     fill = torch.as_tensor(baseline, dtype=x.dtype, device=x.device).expand(x.shape[1:])
     probe, name = _probe(model, layer)
     engine = IncrementalForward(probe)
@@ -204,34 +217,49 @@ def occlusion_maps(
         if logits.dim() != 2 or logits.shape[0] != 1:
             raise ValueError(f"model output must be (1, classes), got {tuple(logits.shape)}")
         if activation.dim() != 4:
-            raise ValueError(f"layer {name!r} output must be (1, C, h, w), got "
-                             f"{tuple(activation.shape)}")
+            raise ValueError(
+                f"layer {name!r} output must be (1, C, h, w), got {tuple(activation.shape)}"
+            )
         channel = int(activation[0].flatten(1).amax(1).argmax())
         probabilities = logits.softmax(1)[0]
         target = int(probabilities.argmax()) if target is None else target
         if not 0 <= target < logits.shape[1]:
-            raise ValueError(f"target {target} is not a class index of the {logits.shape[1]} "
-                             "model outputs")
+            raise ValueError(
+                f"target {target} is not a class index of the {logits.shape[1]} model outputs"
+            )
         feature, probability, label = [], [], []
-        for start in tqdm(range(0, len(corners), perturbations_per_eval), disable=not show_progress,
-                          desc="occlusion maps"):
-            chunk = corners[start:start + perturbations_per_eval]
+        for start in tqdm(
+            range(0, len(corners), perturbations_per_eval),
+            disable=not show_progress,
+            desc="occlusion maps",
+        ):
+            chunk = corners[start : start + perturbations_per_eval]
             batch = x.repeat(len(chunk), 1, 1, 1)
             for b, (r, c) in enumerate(chunk):
-                batch[b, :, r:r + window[0], c:c + window[1]] = \
-                    fill[:, r:r + window[0], c:c + window[1]]
+                batch[b, :, r : r + window[0], c : c + window[1]] = fill[
+                    :, r : r + window[0], c : c + window[1]
+                ]
             out, act = engine(batch)
             p = out.softmax(1)
             feature.append(act[:, channel].sum((1, 2)))
             probability.append(p[:, target])
             label.append(p.argmax(1))
     shape = (len(rows), len(cols))
-    logger.debug("occlusion_maps: %s", "incremental" if engine.incremental else
-                 f"full recomputation: {engine.reason}")
+    logger.debug(
+        "occlusion_maps: %s",
+        "incremental" if engine.incremental else f"full recomputation: {engine.reason}",
+    )
     return OcclusionMaps(
         feature=torch.cat(feature).view(shape).cpu(),
         probability=torch.cat(probability).view(shape).cpu(),
-        label=torch.cat(label).view(shape).cpu(), layer=name, channel=channel, target=target,
-        rows=rows, cols=cols, window=window,
+        label=torch.cat(label).view(shape).cpu(),
+        layer=name,
+        channel=channel,
+        target=target,
+        rows=rows,
+        cols=cols,
+        window=window,
         clean_feature=float(activation[0, channel].sum()),
-        clean_probability=float(probabilities[target]), clean_label=int(probabilities.argmax()))
+        clean_probability=float(probabilities[target]),
+        clean_label=int(probabilities.argmax()),
+    )

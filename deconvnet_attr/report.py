@@ -204,7 +204,11 @@ def feature_grid_section(ctx: ReportContext) -> Section:
         )
     ]
     ctx.mined = top_activations_by_layer(
-        ctx.model, ctx.layers, ctx.loader(), k=ctx.k, batch_size=ctx.batch_size,
+        ctx.model,
+        ctx.layers,
+        ctx.loader(),
+        k=ctx.k,
+        batch_size=ctx.batch_size,
         progress=ctx.progress,
     )
     for layer, top in ctx.mined.items():
@@ -225,7 +229,9 @@ def feature_grid_section(ctx: ReportContext) -> Section:
                         receptive_field_patches(source, shown.locations[c], rf, fill=float("nan"))
                     )
         fig = plot_feature_grid(
-            proj_sets, patch_sets, labels=[f"ch {int(c)}" for c in shown.channels],
+            proj_sets,
+            patch_sets,
+            labels=[f"ch {int(c)}" for c in shown.channels],
             title=f"{layer}: top-{ctx.k} projections | receptive-field patches",
         )
         body.append(f"<h3>{html.escape(layer)}</h3>")
@@ -250,7 +256,11 @@ def evolution_section(ctx: ReportContext) -> Section | None:
     per_layer = max(1, min(ctx.channels // 2, 6))
     if not ctx.mined:
         ctx.mined = top_activations_by_layer(
-            ctx.model, ctx.layers, ctx.loader(), k=1, batch_size=ctx.batch_size,
+            ctx.model,
+            ctx.layers,
+            ctx.loader(),
+            k=1,
+            batch_size=ctx.batch_size,
             progress=ctx.progress,
         )
     followed = {
@@ -269,7 +279,8 @@ def evolution_section(ctx: ReportContext) -> Section | None:
             )
             projections = cropped.reshape(*projections.shape[:2], *cropped.shape[1:])
         fig = plot_evolution(
-            projections, result.epochs.tolist(),
+            projections,
+            result.epochs.tolist(),
             labels=[f"ch {int(c)}" for c in result.channels],
             title=f"{layer}: strongest projection per epoch",
         )
@@ -294,7 +305,11 @@ def ablation_section(ctx: ReportContext) -> Section | None:
         groups = {layer: [modules[layer]] for layer in ctx.layers}
         which = "each analysed layer"
     table = ablation_study(
-        ctx.model, ctx.loader(), groups, baselines="mean", batch_size=ctx.batch_size,
+        ctx.model,
+        ctx.loader(),
+        groups,
+        baselines="mean",
+        batch_size=ctx.batch_size,
         show_progress=ctx.progress,
     )
     header, *rows = [line.split(",") for line in table.to_csv().strip().splitlines()]
@@ -337,7 +352,11 @@ def _removal_table(ctx: ReportContext, modules: dict) -> str:
     if not groups:
         return ""
     table = ablation_study(
-        ctx.model, ctx.loader(), groups, baselines="identity", batch_size=ctx.batch_size,
+        ctx.model,
+        ctx.loader(),
+        groups,
+        baselines="identity",
+        batch_size=ctx.batch_size,
         show_progress=ctx.progress,
     )
     header, *rows = [line.split(",") for line in table.to_csv().strip().splitlines()]
@@ -395,8 +414,9 @@ def invariance_section(ctx: ReportContext) -> Section:
         + ("true class." if ctx.has_labels else "class predicted for the original image.")
         + " Small distances at the upper layer mean an invariant representation."
     )
-    return Section("Invariance (Fig. 5)", intro + ctx.save(fig, "fig5-invariance.png",
-                                                            "invariance curves"))
+    return Section(
+        "Invariance (Fig. 5)", intro + ctx.save(fig, "fig5-invariance.png", "invariance curves")
+    )
 
 
 def occlusion_section(ctx: ReportContext) -> Section:
@@ -425,12 +445,21 @@ def occlusion_section(ctx: ReportContext) -> Section:
     ]
     for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         maps = occlusion_maps(
-            ctx.model, image.to(device), window, stride, layer, target=int(label), baseline=grey,
+            ctx.model,
+            image.to(device),
+            window,
+            stride,
+            layer,
+            target=int(label),
+            baseline=grey,
             perturbations_per_eval=ctx.batch_size,
         )
-        projection = DeconvProjection(ctx.model, ctx.model.get_submodule(layer)).attribute(
-            image[None].to(device), target=maps.channel, neuron="max"
-        )[0].detach().cpu()
+        projection = (
+            DeconvProjection(ctx.model, ctx.model.get_submodule(layer))
+            .attribute(image[None].to(device), target=maps.channel, neuron="max")[0]
+            .detach()
+            .cpu()
+        )
         fig = plot_occlusion_maps(image, maps, ctx.class_names, projection=projection)
         body.append(ctx.save(fig, f"fig7-occlusion-{i}.png", "occlusion maps"))
     return Section("Occlusion sensitivity (Fig. 7)", "\n".join(body))
@@ -454,16 +483,24 @@ def correspondence_section(ctx: ReportContext) -> Section | None:
     skipped = [f"{part.name} ({showing[part]})" for part in ctx.parts if showing[part] < 2]
     note = (
         "Skipped, fewer than 2 of the images show the part (count in brackets): "
-        + ", ".join(skipped) + ". Use more images (--max-images) to include them."
-        if skipped else ""
+        + ", ".join(skipped)
+        + ". Use more images (--max-images) to include them."
+        if skipped
+        else ""
     )
     if not usable:
         return Section(title, _paragraph(note))
     layers = _low_high_layers(ctx, "conv5", "fc7")
     table = correspondence_table(
-        ctx.model, images, labels, layers, parts=usable,
+        ctx.model,
+        images,
+        labels,
+        layers,
+        parts=usable,
         n_images=min(5, *(showing[part] for part in usable)),
-        n_sets=1 if ctx.quick else 5, n_random=3 if ctx.quick else 10, batch_size=ctx.batch_size,
+        n_sets=1 if ctx.quick else 5,
+        n_random=3 if ctx.quick else 10,
+        batch_size=ctx.batch_size,
     )
     header, _, *rows = [
         [cell.strip() for cell in line.strip().strip("|").split("|")]
@@ -508,9 +545,7 @@ footer { color: #666; font-size: 0.85em; margin-top: 3em; }
 """
 
 
-def build_report(
-    ctx: ReportContext, sections: Sequence[SectionBuilder] = SECTIONS
-) -> Path:
+def build_report(ctx: ReportContext, sections: Sequence[SectionBuilder] = SECTIONS) -> Path:
     """Run every section builder and write ``ctx.out/index.html``; returns its path."""
     ctx.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -535,8 +570,9 @@ def build_report(
     page = (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>\n"
-        f"<h1>{html.escape(title)}</h1><ol>{toc}</ol>\n" + "\n".join(parts) +
-        f"\n<footer>Built in {total:.1f} s by <code>{html.escape(ctx.command)}</code> "
+        f"<h1>{html.escape(title)}</h1><ol>{toc}</ol>\n"
+        + "\n".join(parts)
+        + f"\n<footer>Built in {total:.1f} s by <code>{html.escape(ctx.command)}</code> "
         f"(deconvnet-attr, Zeiler &amp; Fergus 2013).</footer></body></html>\n"
     )
     index = ctx.out / "index.html"
@@ -557,7 +593,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--out", required=True, type=Path, help="output directory (index.html, PNGs)")
     p.add_argument(
-        "--model", default=None,
+        "--model",
+        default=None,
         help="torchvision/timm architecture name or module:factory (default: the bundled "
         "Fashion-MNIST reference model)",
     )
@@ -565,29 +602,42 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-classes", type=int, help="classes of --model (default: its default)")
     p.add_argument("--images", type=Path, help="ImageFolder directory (default: bundled subset)")
     p.add_argument(
-        "--folder-labels", action="store_true",
+        "--folder-labels",
+        action="store_true",
         help="the ImageFolder's sorted class folders are the model's classes 0..K-1",
     )
     p.add_argument("--input-size", type=int, default=224, help="image side for --images")
     p.add_argument("--mean", help="comma-separated per-channel mean the model expects")
     p.add_argument("--std", help="comma-separated per-channel std the model expects")
     p.add_argument(
-        "--layers", help="comma-separated layer names (default: reference conv1..conv5; for "
+        "--layers",
+        help="comma-separated layer names (default: reference conv1..conv5; for "
         "other models up to 5 convolutions spread through the network)",
     )
-    p.add_argument("--checkpoints", nargs="+", type=Path, metavar="EPOCH=FILE",
-                   help="training snapshots for the evolution figure, as EPOCH=weights-file")
+    p.add_argument(
+        "--checkpoints",
+        nargs="+",
+        type=Path,
+        metavar="EPOCH=FILE",
+        help="training snapshots for the evolution figure, as EPOCH=weights-file",
+    )
     p.add_argument("--max-images", type=int, default=1000, help="images used (default 1000)")
     p.add_argument("--k", type=int, default=9, help="top activations per channel (default 9)")
     p.add_argument("--channels", type=int, default=16, help="channels shown per layer")
-    p.add_argument("--batch-size", type=int,
-                   help="images per forward pass and seeds per projection pass (default: 256 for "
-                   "the bundled data, 32 for --images)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="images per forward pass and seeds per projection pass (default: 256 for "
+        "the bundled data, 32 for --images)",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--quick", action="store_true",
-                   help="a small smoke-test report: 64 images, 4 channels, top-4, 2 layers, "
-                   "2 checkpoints, fewer images and steps in the other analyses")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small smoke-test report: 64 images, 4 channels, top-4, 2 layers, "
+        "2 checkpoints, fewer images and steps in the other analyses",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = p.parse_args(argv)
     if args.batch_size is None:
@@ -772,10 +822,22 @@ def context_from_args(args: argparse.Namespace, command: str = "") -> ReportCont
             epochs = sorted(checkpoints)
             checkpoints = {e: checkpoints[e] for e in (epochs[0], epochs[-1])}
     return ReportContext(
-        model=model, model_name=name, data=dataset, data_name=data_name, layers=layers,
-        out=args.out, class_names=class_names, has_labels=has_labels, checkpoints=checkpoints,
-        k=args.k, channels=args.channels, batch_size=args.batch_size,
-        progress=not args.no_progress, quick=args.quick, command=command, parts=parts,
+        model=model,
+        model_name=name,
+        data=dataset,
+        data_name=data_name,
+        layers=layers,
+        out=args.out,
+        class_names=class_names,
+        has_labels=has_labels,
+        checkpoints=checkpoints,
+        k=args.k,
+        channels=args.channels,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        quick=args.quick,
+        command=command,
+        parts=parts,
     )
 
 

@@ -47,44 +47,86 @@ __all__ = ["main", "parse_args", "translate_flip"]
 
 # Per-arch defaults for flags left unset: the paper's recipe for zfnet, a 2-core budget for fashion.
 ARCH_DEFAULTS = {
-    "zfnet": {"epochs": 70, "batch_size": 128, "lr": 1e-2, "weight_decay": 5e-4,
-              "schedule": "plateau", "snapshot_epochs": "1,2,5,10,20,30,40,64"},
-    "zfnet-fashion": {"epochs": 12, "batch_size": 128, "lr": 5e-2, "weight_decay": 5e-4,
-                      "schedule": "cosine", "snapshot_epochs": "1,2,5"},
+    "zfnet": {
+        "epochs": 70,
+        "batch_size": 128,
+        "lr": 1e-2,
+        "weight_decay": 5e-4,
+        "schedule": "plateau",
+        "snapshot_epochs": "1,2,5,10,20,30,40,64",
+    },
+    "zfnet-fashion": {
+        "epochs": 12,
+        "batch_size": 128,
+        "lr": 5e-2,
+        "weight_decay": 5e-4,
+        "schedule": "cosine",
+        "snapshot_epochs": "1,2,5",
+    },
 }
-METRIC_FIELDS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
-                 "epoch_seconds", "clipped_filters")
+METRIC_FIELDS = (
+    "epoch",
+    "step",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "epoch_seconds",
+    "clipped_filters",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check the command line; per-arch defaults fill flags left unset."""
     p = argparse.ArgumentParser(prog="deconvnet-attr train", description=__doc__.split("\n")[0])
     p.add_argument("--arch", required=True, help=f"one of {', '.join(ARCHS)}")
-    p.add_argument("--data", default="fashion-mnist",
-                   help="'fashion-mnist' (Debian idx files) or an ImageFolder PATH (PATH/train and "
-                        "PATH/val if present, else PATH itself for training only)")
-    p.add_argument("--fashion-root", default=None,
-                   help="directory of the Fashion-MNIST idx files (default: the Debian location)")
+    p.add_argument(
+        "--data",
+        default="fashion-mnist",
+        help="'fashion-mnist' (Debian idx files) or an ImageFolder PATH (PATH/train and "
+        "PATH/val if present, else PATH itself for training only)",
+    )
+    p.add_argument(
+        "--fashion-root",
+        default=None,
+        help="directory of the Fashion-MNIST idx files (default: the Debian location)",
+    )
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="per-process batch size")
     p.add_argument("--lr", type=float)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float)
-    p.add_argument("--schedule", choices=("plateau", "cosine"),
-                   help="plateau: lr x0.1 after --patience epochs without val gain; "
-                        "cosine: linear warm-up, then cosine decay per step")
+    p.add_argument(
+        "--schedule",
+        choices=("plateau", "cosine"),
+        help="plateau: lr x0.1 after --patience epochs without val gain; "
+        "cosine: linear warm-up, then cosine decay per step",
+    )
     p.add_argument("--patience", type=int, default=2)
     p.add_argument("--warmup-steps", type=int, default=200, help="linear warm-up (cosine only)")
-    p.add_argument("--clip-rms", type=float, default=0.1,
-                   help="feature-scale clipping radius; 0 disables")
-    p.add_argument("--remove", default="",
-                   help=f"comma-separated layers to leave out ({', '.join(REMOVABLE_LAYERS)})")
-    p.add_argument("--shift", type=int, default=0,
-                   help="Fashion-MNIST augmentation: random translation of up to this many pixels "
-                        "(random horizontal flips are always applied)")
-    p.add_argument("--max-steps", type=int, default=None,
-                   help="stop after this many optimiser steps in total (smoke tests)")
+    p.add_argument(
+        "--clip-rms", type=float, default=0.1, help="feature-scale clipping radius; 0 disables"
+    )
+    p.add_argument(
+        "--remove",
+        default="",
+        help=f"comma-separated layers to leave out ({', '.join(REMOVABLE_LAYERS)})",
+    )
+    p.add_argument(
+        "--shift",
+        type=int,
+        default=0,
+        help="Fashion-MNIST augmentation: random translation of up to this many pixels "
+        "(random horizontal flips are always applied)",
+    )
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="stop after this many optimiser steps in total (smoke tests)",
+    )
     p.add_argument("--snapshot-epochs", help="comma-separated epochs to save fp16 model files at")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--seed", type=int, default=0)
@@ -135,9 +177,11 @@ def load_data(args: argparse.Namespace) -> Data:
     spec = ARCH_CONFIGS[args.arch]
     if args.data == "fashion-mnist":
         if (spec.in_channels, spec.input_size) != (1, 28):
-            raise ValueError(f"--data fashion-mnist holds 1x28x28 images; --arch {args.arch} "
-                             f"expects {spec.in_channels}x{spec.input_size}x{spec.input_size} "
-                             "(use --arch zfnet-fashion)")
+            raise ValueError(
+                f"--data fashion-mnist holds 1x28x28 images; --arch {args.arch} "
+                f"expects {spec.in_channels}x{spec.input_size}x{spec.input_size} "
+                "(use --arch zfnet-fashion)"
+            )
         root = {} if args.fashion_root is None else {"root": args.fashion_root}
         train = TensorDataset(*load_fashion_mnist("train", **root))
         val = TensorDataset(*load_fashion_mnist("test", **root))
@@ -167,7 +211,7 @@ def translate_flip(x: torch.Tensor, generator: torch.Generator, shift: int = 2) 
     x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
     padded = F.pad(x, (shift, shift, shift, shift))
     dy, dx = torch.randint(0, 2 * shift + 1, (2, n), generator=generator).tolist()
-    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
 
 
 class Distributed:
@@ -198,8 +242,9 @@ class Distributed:
             dist.destroy_process_group()
 
 
-def evaluate(model: nn.Module, data: Dataset, env: Distributed, batch_size: int,
-             workers: int) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, data: Dataset, env: Distributed, batch_size: int, workers: int
+) -> tuple[float, float]:
     """Mean cross-entropy and top-1 accuracy over ``data``, sharded across processes."""
     shard = Subset(data, range(env.rank, len(data), env.world))
     loader = DataLoader(shard, batch_size=batch_size, num_workers=workers)
@@ -215,11 +260,24 @@ def evaluate(model: nn.Module, data: Dataset, env: Distributed, batch_size: int,
     return loss_sum / len(data), correct / len(data)
 
 
-def _save_checkpoint(path: Path, model: ZFNet, args, epoch: int, step: int, optimizer,
-                     scheduler, epoch_complete: bool) -> None:
+def _save_checkpoint(
+    path: Path,
+    model: ZFNet,
+    args,
+    epoch: int,
+    step: int,
+    optimizer,
+    scheduler,
+    epoch_complete: bool,
+) -> None:
     record = model_record(model, args.arch, epoch)
-    record.update(step=step, epoch_complete=epoch_complete, optimizer=optimizer.state_dict(),
-                  scheduler=scheduler.state_dict(), args=vars(args) | {"out": str(args.out)})
+    record.update(
+        step=step,
+        epoch_complete=epoch_complete,
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(),
+        args=vars(args) | {"out": str(args.out)},
+    )
     tmp = path.with_name(path.name + ".tmp")
     torch.save(record, tmp)
     os.replace(tmp, path)
@@ -236,12 +294,14 @@ def _append_metrics(path: Path, row: dict) -> None:
 
 def _make_scheduler(args, optimizer, steps_per_epoch: int):
     if args.schedule == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.1,
-                                                          patience=args.patience)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=0.1, patience=args.patience
+        )
     total = args.epochs * steps_per_epoch
     warmup = min(args.warmup_steps, total)
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _warmup_cosine(step, warmup, total))
+        optimizer, lambda step: _warmup_cosine(step, warmup, total)
+    )
 
 
 def _warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -271,19 +331,35 @@ def _train(args: argparse.Namespace, data: Data, env: Distributed) -> Path:
     model = build_model(args.arch, len(data.classes), args.remove)
     model.class_names = data.classes
     model.to(env.device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
+    )
     if env.world > 1:
-        sampler = DistributedSampler(data.train, num_replicas=env.world, rank=env.rank,
-                                     shuffle=True, seed=args.seed, drop_last=True)
+        sampler = DistributedSampler(
+            data.train,
+            num_replicas=env.world,
+            rank=env.rank,
+            shuffle=True,
+            seed=args.seed,
+            drop_last=True,
+        )
     else:
         sampler = torch.utils.data.RandomSampler(
-            data.train, generator=torch.Generator().manual_seed(args.seed))
-    loader = DataLoader(data.train, batch_size=args.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=args.workers, persistent_workers=args.workers > 0)
+            data.train, generator=torch.Generator().manual_seed(args.seed)
+        )
+    loader = DataLoader(
+        data.train,
+        batch_size=args.batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=args.workers,
+        persistent_workers=args.workers > 0,
+    )
     if len(loader) == 0:
-        raise ValueError(f"--batch-size {args.batch_size} exceeds the {len(data.train)} training "
-                         f"images per process")
+        raise ValueError(
+            f"--batch-size {args.batch_size} exceeds the {len(data.train)} training "
+            f"images per process"
+        )
     scheduler = _make_scheduler(args, optimizer, len(loader))
     start_epoch, step = 0, 0
     if args.resume:
@@ -312,9 +388,13 @@ def _train(args: argparse.Namespace, data: Data, env: Distributed) -> Path:
         aug_gen.manual_seed(epoch_seed)
         net.train()
         started, loss_sum, correct, seen, clipped = time.time(), 0.0, 0.0, 0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", leave=False,
-                   disable=not env.main or args.no_progress,
-                   mininterval=0.5 if sys.stderr.isatty() else 30)
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch}/{args.epochs}",
+            leave=False,
+            disable=not env.main or args.no_progress,
+            mininterval=0.5 if sys.stderr.isatty() else 30,
+        )
         complete = True
         for x, y in bar:
             if args.max_steps is not None and step >= args.max_steps:
@@ -336,27 +416,46 @@ def _train(args: argparse.Namespace, data: Data, env: Distributed) -> Path:
             loss_sum += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-                            refresh=False)
+            bar.set_postfix(
+                loss=f"{loss.item():.3f}",
+                lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+                refresh=False,
+            )
         bar.close()
         loss_sum, correct, seen = env.sum(loss_sum, correct, seen)
-        val_loss, val_acc = (evaluate(model, data.val, env, 2 * args.batch_size, args.workers)
-                             if data.val is not None else (math.nan, math.nan))
+        val_loss, val_acc = (
+            evaluate(model, data.val, env, 2 * args.batch_size, args.workers)
+            if data.val is not None
+            else (math.nan, math.nan)
+        )
         if args.schedule == "plateau" and complete:
             scheduler.step(val_acc if data.val is not None else -loss_sum / max(seen, 1))
-        row = {"epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"],
-               "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-               "val_loss": val_loss, "val_acc": val_acc,
-               "epoch_seconds": round(time.time() - started, 1), "clipped_filters": clipped}
+        row = {
+            "epoch": epoch,
+            "step": step,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": loss_sum / max(seen, 1),
+            "train_acc": correct / max(seen, 1),
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "epoch_seconds": round(time.time() - started, 1),
+            "clipped_filters": clipped,
+        }
         if env.main:
             _append_metrics(args.out / "metrics.csv", row)
-            _save_checkpoint(args.out / "last.pt", model, args, epoch, step, optimizer, scheduler,
-                             complete)
+            _save_checkpoint(
+                args.out / "last.pt", model, args, epoch, step, optimizer, scheduler, complete
+            )
             if complete and epoch in args.snapshot_epochs:
-                save_model(model, args.out / f"model_epoch{epoch:03d}.pt", args.arch, epoch,
-                           torch.float16)
-            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in row.items()), flush=True)
+                save_model(
+                    model, args.out / f"model_epoch{epoch:03d}.pt", args.arch, epoch, torch.float16
+                )
+            print(
+                " ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                ),
+                flush=True,
+            )
     final = args.out / "model_final.pt"
     if env.main:
         save_model(model, final, args.arch, epoch)

@@ -90,8 +90,9 @@ def _channels_last(images: Tensor, name: str) -> np.ndarray:
 
 def _show(ax, image: np.ndarray) -> None:
     ax.set_axis_on()
-    ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0.0, vmax=1.0,
-              interpolation="nearest")
+    ax.imshow(
+        image, cmap="gray" if image.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest"
+    )
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():
@@ -136,8 +137,10 @@ def plot_feature_grid(
     rows = -(-len(blocks) // cols)
     height, width = max(b.shape[0] for b in blocks), max(b.shape[1] for b in blocks)
     scale = 3.2 / width  # inches per mosaic pixel: a block is 3.2 inches wide
-    fig = Figure(figsize=(cols * width * scale + 0.3, rows * (height * scale + 0.3) + 0.4),
-                 layout="constrained")
+    fig = Figure(
+        figsize=(cols * width * scale + 0.3, rows * (height * scale + 0.3) + 0.4),
+        layout="constrained",
+    )
     axes = fig.subplots(rows, cols, squeeze=False)
     for b, ax in enumerate(axes.flat):
         if b >= len(blocks):
@@ -175,8 +178,9 @@ def feature_block(projections: Tensor, patches: Tensor, percentile: float = 99.5
     side = int(np.ceil(np.sqrt(k)))
     grid = side * (w + 1) - 1
     block = np.zeros((side * (h + 1) - 1, 2 * grid + w, 4))
-    for part, tiles in enumerate((contrast_stretch(projections, percentile),
-                                  image_display(patches))):
+    for part, tiles in enumerate(
+        (contrast_stretch(projections, percentile), image_display(patches))
+    ):
         rgb = tiles if tiles.ndim == 4 else np.repeat(tiles[..., None], 3, axis=-1)
         left = part * (grid + w)
         for j in range(k):
@@ -245,8 +249,12 @@ def plot_occlusion_maps(
     (wh, ww), rows, cols = maps.window, maps.rows.tolist(), maps.cols.tolist()
     step_r = rows[1] - rows[0] if len(rows) > 1 else wh
     step_c = cols[1] - cols[0] if len(cols) > 1 else ww
-    extent = (cols[0] + ww / 2 - step_c / 2, cols[-1] + ww / 2 + step_c / 2,
-              rows[-1] + wh / 2 + step_r / 2, rows[0] + wh / 2 - step_r / 2)
+    extent = (
+        cols[0] + ww / 2 - step_c / 2,
+        cols[-1] + ww / 2 + step_c / 2,
+        rows[-1] + wh / 2 + step_r / 2,
+        rows[0] + wh / 2 - step_r / 2,
+    )
 
     def name(k: int) -> str:
         return class_names[k] if class_names is not None else f"class {k}"
@@ -257,8 +265,10 @@ def plot_occlusion_maps(
     _show(axes[0], img)
     axes[0].add_patch(plt.Rectangle((cols[0] - 0.5, rows[0] - 0.5), ww, wh, color="0.5"))
     axes[0].set_title(f"(a) input: {name(maps.clean_label)}", fontsize=8)
-    heat = [("(b) total activation,\n" f"{maps.layer} map {maps.channel}", maps.feature, "viridis"),
-            (f"(d) p({name(maps.target)})", maps.probability, "magma")]
+    heat = [
+        (f"(b) total activation,\n{maps.layer} map {maps.channel}", maps.feature, "viridis"),
+        (f"(d) p({name(maps.target)})", maps.probability, "magma"),
+    ]
     at = 1
     for label, values, cmap in heat:
         if at == 2 and projection is not None:
@@ -278,18 +288,28 @@ def plot_occlusion_maps(
     order = classes[np.argsort(-counts)]
     index = {k: i for i, k in enumerate(order)}
     colours = plt.get_cmap("tab10" if len(order) <= 10 else "tab20", max(len(order), 1))
-    axes[at].imshow(np.vectorize(index.get)(labels), cmap=colours, vmin=-0.5,
-                    vmax=len(order) - 0.5, extent=extent, interpolation="nearest")
+    axes[at].imshow(
+        np.vectorize(index.get)(labels),
+        cmap=colours,
+        vmin=-0.5,
+        vmax=len(order) - 0.5,
+        extent=extent,
+        interpolation="nearest",
+    )
     axes[at].set_xlim(0, width)
     axes[at].set_ylim(height, 0)
     axes[at].set_xticks([])
     axes[at].set_yticks([])
     axes[at].set_title("(e) most probable class", fontsize=8)
     shown = order[:8]
-    axes[at].legend(handles=[plt.Rectangle((0, 0), 1, 1, color=colours(index[k]))
-                             for k in shown],
-                    labels=[name(int(k)) for k in shown], fontsize=6, loc="upper left",
-                    bbox_to_anchor=(1.0, 1.0), frameon=False)
+    axes[at].legend(
+        handles=[plt.Rectangle((0, 0), 1, 1, color=colours(index[k])) for k in shown],
+        labels=[name(int(k)) for k in shown],
+        fontsize=6,
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),
+        frameon=False,
+    )
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
@@ -312,7 +332,10 @@ def plot_invariance(
     rows = len(result.layers) + 1 + (images is not None)
     ratios = [0.6] * (images is not None) + [1.0] * (rows - (images is not None))
     fig, axes = plt.subplots(
-        rows, len(transforms), figsize=(4.2 * len(transforms), 2.8 * sum(ratios)), squeeze=False,
+        rows,
+        len(transforms),
+        figsize=(4.2 * len(transforms), 2.8 * sum(ratios)),
+        squeeze=False,
         gridspec_kw={"height_ratios": ratios},
     )
     units = {
@@ -383,14 +406,23 @@ def plot_correspondence(
             ax.set_title(part.name, fontsize=8)
             ax.axis("off")
     x = torch.arange(n_parts, dtype=torch.float32)
-    kinds = (("part", table.part), ("random box", table.random),
-             ("shared random box", table.shared))
+    kinds = (
+        ("part", table.part),
+        ("random box", table.random),
+        ("shared random box", table.shared),
+    )
     for col, layer in enumerate(table.layers):
         ax = fig.add_subplot(grid[show + col, :])
         for k, (label, data) in enumerate(kinds):
             values = data[:, :, col]
-            ax.bar((x + (k - 1) * 0.27).numpy(), values.mean(1).numpy(), 0.27,
-                   yerr=values.std(1, correction=0).numpy(), capsize=2, label=label)
+            ax.bar(
+                (x + (k - 1) * 0.27).numpy(),
+                values.mean(1).numpy(),
+                0.27,
+                yerr=values.std(1, correction=0).numpy(),
+                capsize=2,
+                label=label,
+            )
         ax.set_xticks(x.numpy())
         ax.set_xticklabels([p.name for p in table.parts], fontsize=8)
         ax.set_ylabel(f"{layer}: Δ (lower = consistent)")

@@ -38,8 +38,9 @@ def main() -> None:
 
     model = load_reference()
     images, labels = load_eval_subset()
-    table = correspondence_table(model, images, labels, args.layers, n_sets=args.sets,
-                                 n_random=args.random, seed=args.seed)
+    table = correspondence_table(
+        model, images, labels, args.layers, n_sets=args.sets, n_random=args.random, seed=args.seed
+    )
     print(correspondence_markdown(table))
     fig = plot_correspondence(table, images, labels)
     fig.savefig(args.out, dpi=110)

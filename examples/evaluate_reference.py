@@ -37,8 +37,15 @@ def plot_confusion(matrix, path: Path) -> None:
     ax.set_ylabel("true")
     for i in range(10):
         for j in range(10):
-            ax.text(j, i, matrix[i, j], ha="center", va="center", fontsize=7,
-                    color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                matrix[i, j],
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if matrix[i, j] > matrix.max() / 2 else "black",
+            )
     fig.colorbar(im, ax=ax)
     ax.set_title("Reference zfnet-fashion: confusion matrix (10k test images)")
     fig.tight_layout()

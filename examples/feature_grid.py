@@ -40,8 +40,12 @@ def main() -> None:
         for source, sets in ((projections[c], proj_sets), (images[top.indices[c]], patch_sets)):
             sets.append(receptive_field_patches(source, top.locations[c], field, fill=float("nan")))
     # 4. draw: projections (contrast-stretched) left, patches right, strongest first
-    fig = plot_feature_grid(proj_sets, patch_sets, labels=[f"ch {c}" for c in channels],
-                            title=f"{args.layer} (receptive field {field.size[0]}x{field.size[1]})")
+    fig = plot_feature_grid(
+        proj_sets,
+        patch_sets,
+        labels=[f"ch {c}" for c in channels],
+        title=f"{args.layer} (receptive field {field.size[0]}x{field.size[1]})",
+    )
     fig.savefig(args.out, dpi=120)
     print(f"wrote {args.out}; strongest activations per channel:")
     for c, channel in enumerate(channels):

@@ -38,12 +38,16 @@ def main() -> None:
     images, labels = images[picks], labels[picks]
     result = invariance_curves(model, images, labels, args.layers)
 
-    print("| transform | " + " | ".join(f"max {layer} distance" for layer in result.layers)
-          + " | min P(true class) |")
+    print(
+        "| transform | "
+        + " | ".join(f"max {layer} distance" for layer in result.layers)
+        + " | min P(true class) |"
+    )
     print("|---|" + "---|" * (len(result.layers) + 1))
     for name, curve in result.curves.items():
-        cells = [f"{float(curve.distances[layer].max(1).values.mean()):.2f}"
-                 for layer in result.layers]
+        cells = [
+            f"{float(curve.distances[layer].max(1).values.mean()):.2f}" for layer in result.layers
+        ]
         lowest = ", ".join(
             f"{model.class_names[int(c)]} {float(p):.2f}"
             for c, p in zip(labels, curve.probability.min(1).values, strict=True)

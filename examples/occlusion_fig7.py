@@ -40,20 +40,32 @@ def main() -> None:
     for index in args.images:
         image, label = images[index], int(labels[index])
         # grey occluder: 0.5 in the model's input units (images in [0, 1])
-        maps = occlusion_maps(model, image, args.window, args.stride, args.layer,
-                              target=label, baseline=0.5)
-        fig = plot_occlusion_maps(image, maps, FASHION_MNIST_CLASSES,
-                                  title=f"image {index}: {FASHION_MNIST_CLASSES[label]}")
+        maps = occlusion_maps(
+            model, image, args.window, args.stride, args.layer, target=label, baseline=0.5
+        )
+        fig = plot_occlusion_maps(
+            image,
+            maps,
+            FASHION_MNIST_CLASSES,
+            title=f"image {index}: {FASHION_MNIST_CLASSES[label]}",
+        )
         fig.savefig(f"{args.out}_{index}.png", dpi=120)
 
-        kwargs = dict(sliding_window_shapes=(1, args.window, args.window), strides=args.stride,
-                      target=label, baselines=0.5, perturbations_per_eval=32)
+        kwargs = dict(
+            sliding_window_shapes=(1, args.window, args.window),
+            strides=args.stride,
+            target=label,
+            baselines=0.5,
+            perturbations_per_eval=32,
+        )
         ours = Occlusion(model).attribute(image[None], **kwargs)
         theirs = CaptumOcclusion(model).attribute(image[None], **kwargs)
-        print(f"image {index} ({FASHION_MNIST_CLASSES[label]}): p(true class) "
-              f"{maps.clean_probability:.3f} unoccluded, {maps.probability.min():.3f} at worst; "
-              f"attribution max |ours - Captum| {(ours - theirs).abs().max():.1e} "
-              f"(max |attribution| {theirs.abs().max():.2f})")
+        print(
+            f"image {index} ({FASHION_MNIST_CLASSES[label]}): p(true class) "
+            f"{maps.clean_probability:.3f} unoccluded, {maps.probability.min():.3f} at worst; "
+            f"attribution max |ours - Captum| {(ours - theirs).abs().max():.1e} "
+            f"(max |attribution| {theirs.abs().max():.2f})"
+        )
 
 
 if __name__ == "__main__":

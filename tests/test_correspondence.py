@@ -70,8 +70,14 @@ def test_hand_computed_delta_on_pixels():
     # → H01 = 1/D, H02 = 2/D, H12 = 1/D; Δ = 2·(1 + 2 + 1)/D / (3·2) = 4 / (3·144)
     images = torch.full((3, 1, 12, 12), 0.5)
     images[:, 0, 0, :2] = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, -1.0]])
-    result = correspondence(small_cnn(), images, (0, 0, 2, 1), ["pixels"], n_random=3,
-                            generator=torch.Generator().manual_seed(0))
+    result = correspondence(
+        small_cnn(),
+        images,
+        (0, 0, 2, 1),
+        ["pixels"],
+        n_random=3,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert abs(float(result.part[0]) - 4 / (3 * 144)) < 1e-7
 
 
@@ -83,17 +89,23 @@ def test_consistent_feature_change_gives_zero_delta_for_different_images():
         model.conv1.weight.uniform_(0.1, 1.0)
     g = torch.Generator().manual_seed(1)
     images = torch.rand(4, 1, 12, 12, generator=g) + 0.2
-    result = correspondence(model, images, (3, 4, 7, 8), ["conv1", "pixels"],
-                            generator=torch.Generator().manual_seed(0))
+    result = correspondence(
+        model, images, (3, 4, 7, 8), ["conv1", "pixels"], generator=torch.Generator().manual_seed(0)
+    )
     assert torch.all(result.part == 0)
     assert torch.all(result.random.mean(0) > 0)  # boxes at different places disagree
 
 
 def test_identical_images_give_zero_part_delta_at_every_layer():
     image = torch.rand(1, 1, 12, 12, generator=torch.Generator().manual_seed(2)) + 0.1
-    result = correspondence(small_cnn(), image.expand(5, 1, 12, 12).clone(), (2, 2, 6, 6),
-                            ["conv1", "fc", "relu2"], n_random=4,
-                            generator=torch.Generator().manual_seed(0))
+    result = correspondence(
+        small_cnn(),
+        image.expand(5, 1, 12, 12).clone(),
+        (2, 2, 6, 6),
+        ["conv1", "fc", "relu2"],
+        n_random=4,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert result.layers == ("conv1", "fc", "relu2")
     assert torch.all(result.part == 0)
     assert result.random.shape == (4, 3) and result.shared.shape == (4, 3)
@@ -106,8 +118,15 @@ def test_random_boxes_same_size_inside_and_covering_content():
     images[1, :, 6:, 6:] = 1
     images[2, :, :6, 6:] = 1
     images[:, :, 5:7, 5:7] = 1  # and the common centre, the part
-    result = correspondence(small_cnn(), images, (5, 5, 7, 7), ["conv1"], n_random=20,
-                            min_changed=0.75, generator=torch.Generator().manual_seed(0))
+    result = correspondence(
+        small_cnn(),
+        images,
+        (5, 5, 7, 7),
+        ["conv1"],
+        n_random=20,
+        min_changed=0.75,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert torch.equal(result.boxes, torch.tensor([[5, 5, 7, 7]] * 3))
     for draws in (result.random_boxes, result.shared_boxes):
         assert draws.shape == (20, 3, 4)
@@ -118,8 +137,15 @@ def test_random_boxes_same_size_inside_and_covering_content():
             x0, y0, x1, y1 = draws[r, i].tolist()
             assert float(images[i, 0, y0:y1, x0:x1].ne(0).float().mean()) >= 0.75
     assert torch.all(result.shared_boxes == result.shared_boxes[:, :1])
-    again = correspondence(small_cnn(), images, (5, 5, 7, 7), ["conv1"], n_random=20,
-                           min_changed=0.75, generator=torch.Generator().manual_seed(0))
+    again = correspondence(
+        small_cnn(),
+        images,
+        (5, 5, 7, 7),
+        ["conv1"],
+        n_random=20,
+        min_changed=0.75,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert torch.equal(again.random_boxes, result.random_boxes)
     assert torch.equal(again.random, result.random)
 
@@ -196,12 +222,30 @@ def test_table_collects_parts_and_is_reproducible():
     images, labels = labelled_set()
     parts = (Part("top", 0, (0.25, 0.0, 0.5, 0.25)), Part("middle", 1, (0.5, 0.5, 0.75, 0.75)))
     model = small_cnn()
-    table = correspondence_table(model, images, labels, ["conv1", "fc"], parts=parts, n_images=3,
-                                 n_sets=4, n_random=2, seed=7)
+    table = correspondence_table(
+        model,
+        images,
+        labels,
+        ["conv1", "fc"],
+        parts=parts,
+        n_images=3,
+        n_sets=4,
+        n_random=2,
+        seed=7,
+    )
     assert table.part.shape == (2, 4, 2)
     assert table.random.shape == (2, 8, 2) and table.shared.shape == (2, 8, 2)
-    again = correspondence_table(model, images, labels, ["conv1", "fc"], parts=parts,
-                                 n_images=3, n_sets=4, n_random=2, seed=7)
+    again = correspondence_table(
+        model,
+        images,
+        labels,
+        ["conv1", "fc"],
+        parts=parts,
+        n_images=3,
+        n_sets=4,
+        n_random=2,
+        seed=7,
+    )
     assert torch.equal(table.part, again.part) and torch.equal(table.random, again.random)
     text = correspondence_markdown(table)
     assert text.count("\n") == 4 and "| top |" in text and "conv1 shared random" in text
@@ -225,7 +269,8 @@ def test_part_images_by_brute_force():
     images[8, :, 2:3, 3:5] = 0.0  # image 8: 7 of 9 left, kept
     part = Part("top", 0, (0.25, 0.0, 0.5, 0.25))  # pixels (3, 0, 6, 3)
     expected = [
-        i for i in range(len(images))
+        i
+        for i in range(len(images))
         if labels[i] == 0 and float((images[i, 0, 0:3, 3:6] != 0).float().mean()) >= 0.5
     ]
     assert part_images(images, labels, part).tolist() == expected

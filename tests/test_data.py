@@ -20,10 +20,13 @@ from deconvnet_attr.data import (
     read_idx,
 )
 
-DEBIAN_FILES = [DEFAULT_DEBIAN_DIR / f for f in ("t10k-images-idx3-ubyte.gz",
-                                                 "t10k-labels-idx1-ubyte.gz")]
-needs_debian = pytest.mark.skipif(not all(p.is_file() for p in DEBIAN_FILES),
-                                  reason="dataset-fashion-mnist (Debian) not installed")
+DEBIAN_FILES = [
+    DEFAULT_DEBIAN_DIR / f for f in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+]
+needs_debian = pytest.mark.skipif(
+    not all(p.is_file() for p in DEBIAN_FILES),
+    reason="dataset-fashion-mnist (Debian) not installed",
+)
 
 
 def write_idx(path, array: np.ndarray, type_code: int, big_endian_dtype: str) -> None:

@@ -51,8 +51,11 @@ def _positive_twin(model: nn.Module) -> nn.Module:
     for name, module in list(twin.named_modules()):
         if isinstance(module, nn.MaxPool2d):
             parent, _, child = name.rpartition(".")
-            setattr(twin.get_submodule(parent), child, nn.AvgPool2d(
-                module.kernel_size, module.stride, module.padding, module.ceil_mode))
+            setattr(
+                twin.get_submodule(parent),
+                child,
+                nn.AvgPool2d(module.kernel_size, module.stride, module.padding, module.ceil_mode),
+            )
     with torch.no_grad():
         for p in twin.parameters():
             p.fill_(1.0 / p[0].numel() if p.dim() > 1 else 1.0)
@@ -80,8 +83,9 @@ def _support(twin: nn.Module, layer: str, x: torch.Tensor, units):
         (grad,) = torch.autograd.grad(out["o"][0, :, i, j].sum(), x, retain_graph=True)
         rows = grad[0].abs().sum((0, 2)).nonzero().flatten()
         cols = grad[0].abs().sum((0, 1)).nonzero().flatten()
-        result.append(((rows.min().item(), rows.max().item()),
-                       (cols.min().item(), cols.max().item())))
+        result.append(
+            ((rows.min().item(), rows.max().item()), (cols.min().item(), cols.max().item()))
+        )
     return out["o"].shape[-2:], result
 
 
@@ -154,8 +158,10 @@ def test_errors_and_model_untouched():
         assert torch.equal(v, before[k]), k
 
 
-@pytest.mark.parametrize("kernel,stride,padding,dilation", [
-    (3, 1, 1, 1), (3, 2, 1, 1), (7, 2, 3, 1), (3, 2, 0, 2), (1, 2, 0, 1), (5, 3, 2, 2)])
+@pytest.mark.parametrize(
+    "kernel,stride,padding,dilation",
+    [(3, 1, 1, 1), (3, 2, 1, 1), (7, 2, 3, 1), (3, 2, 0, 2), (1, 2, 0, 1), (5, 3, 2, 2)],
+)
 def test_window_ranges_match_enumeration(kernel, stride, padding, dilation):
     w = Window((kernel, kernel), (stride, stride), (padding, padding), (dilation, dilation))
     size = 23

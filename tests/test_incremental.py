@@ -44,7 +44,7 @@ def _perturbed(x: torch.Tensor, copies: int, gen: torch.Generator) -> torch.Tens
         size = int(torch.randint(1, max(2, h // 2), (1,), generator=gen))
         r = int(torch.randint(0, h - size + 1, (1,), generator=gen))
         c = 0 if kind == 2 else w - size
-        out[b, :, r:r + size, c:c + size] = torch.randn(1, generator=gen)
+        out[b, :, r : r + size, c : c + size] = torch.randn(1, generator=gen)
         if kind == 3:  # a second spot far away: the bounding box covers both
             out[b, 0, 0, 0] = 5.0
     return out

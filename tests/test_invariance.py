@@ -45,7 +45,10 @@ def test_identity_parameters_give_zero_distance_and_direct_softmax():
     model, images = small_cnn(), centred_images()
     labels = torch.tensor([0, 3, 4])
     result = invariance_curves(
-        model, images, labels, [model.conv1, "fc"],
+        model,
+        images,
+        labels,
+        [model.conv1, "fc"],
         transforms={"translation": [0], "scale": [1.0], "rotation": [0, 360]},
     )
     expected = model(images).softmax(1)[torch.arange(3), labels]
@@ -62,8 +65,9 @@ def test_translation_matches_rolled_features(shift):
     # conv1 output of the shifted image is the rolled conv1 output of the original
     model, images = small_cnn(), centred_images()
     labels = torch.tensor([1, 2, 0])
-    result = invariance_curves(model, images, labels, ["pixels", model.conv1],
-                               transforms={"translation": [shift]})
+    result = invariance_curves(
+        model, images, labels, ["pixels", model.conv1], transforms={"translation": [shift]}
+    )
     curve = result.curves["translation"]
     pixels = (images - images.roll(shift, dims=2)).flatten(1).norm(dim=1)
     with torch.no_grad():
@@ -80,8 +84,9 @@ def test_rotation_by_right_angles_matches_rot90_and_direct_softmax():
     model = small_cnn()
     images = torch.rand(2, 1, 20, 20, generator=torch.Generator().manual_seed(3))
     labels = torch.tensor([2, 4])
-    result = invariance_curves(model, images, labels, ["pixels"],
-                               transforms={"rotation": [90, 180, 270]})
+    result = invariance_curves(
+        model, images, labels, ["pixels"], transforms={"rotation": [90, 180, 270]}
+    )
     curve = result.curves["rotation"]
     for t, k in enumerate((1, 2, 3)):  # counter-clockwise: torch.rot90 with k > 0 on (H, W)
         rotated = torch.rot90(images, k, dims=(2, 3))
@@ -95,17 +100,20 @@ def test_rotation_by_right_angles_matches_rot90_and_direct_softmax():
 def test_fill_paints_uncovered_pixels():
     # a black image moved by 3 rows uncovers 3 rows painted with the fill: distance 0.5·√(3·20)
     model, images = small_cnn(), torch.zeros(1, 1, 20, 20)
-    result = invariance_curves(model, images, torch.tensor([0]), ["pixels"],
-                               transforms={"translation": [3, -3]}, fill=0.5)
+    result = invariance_curves(
+        model, images, torch.tensor([0]), ["pixels"], transforms={"translation": [3, -3]}, fill=0.5
+    )
     expected = torch.full((1, 2), 0.5 * math.sqrt(3 * 20))
-    torch.testing.assert_close(result.curves["translation"].distances["pixels"], expected,
-                               atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(
+        result.curves["translation"].distances["pixels"], expected, atol=1e-4, rtol=1e-5
+    )
 
 
 def test_zooming_into_a_constant_image_changes_nothing_and_shrinking_uncovers_the_border():
     model, images = small_cnn(), torch.full((1, 1, 20, 20), 0.7)
-    result = invariance_curves(model, images, torch.tensor([0]), ["pixels"],
-                               transforms={"scale": [1.5, 2.0, 0.5]})
+    result = invariance_curves(
+        model, images, torch.tensor([0]), ["pixels"], transforms={"scale": [1.5, 2.0, 0.5]}
+    )
     distance = result.curves["scale"].distances["pixels"][0]
     assert distance[:2].abs().max() < 1e-4
     # half size: the 10x10 centre keeps the value, the rest (300 pixels) is black, give or take
@@ -129,8 +137,13 @@ def test_model_is_left_unchanged_and_hooks_removed():
     model = small_cnn(batchnorm=True).train()
     model.fc.weight.requires_grad_(False)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    invariance_curves(model, centred_images(), torch.tensor([0, 1, 2]), ["bn", model.fc],
-                      transforms={"rotation": [0, 45]})
+    invariance_curves(
+        model,
+        centred_images(),
+        torch.tensor([0, 1, 2]),
+        ["bn", model.fc],
+        transforms={"rotation": [0, 45]},
+    )
     assert all(m.training for m in model.modules())
     assert not model.fc.weight.requires_grad and model.conv1.weight.requires_grad
     assert all(p.grad is None for p in model.parameters())
@@ -177,8 +190,9 @@ def test_bad_inputs_name_the_offending_value():
     with pytest.raises(ValueError, match="fill has 2 values"):
         invariance_curves(model, images, labels, ["conv1"], fill=[0.0, 1.0])
     with pytest.raises(ValueError, match="labels 0..7"):
-        invariance_curves(model, images, torch.tensor([0, 7]), ["conv1"],
-                          transforms={"rotation": [0]})
+        invariance_curves(
+            model, images, torch.tensor([0, 7]), ["conv1"], transforms={"rotation": [0]}
+        )
 
 
 def test_transform_images_per_channel_fill():
@@ -190,8 +204,13 @@ def test_transform_images_per_channel_fill():
 
 def test_plot_invariance_layout():
     model, images = small_cnn(), centred_images(2)
-    result = invariance_curves(model, images, torch.tensor([0, 1]), ["conv1", "fc"],
-                               transforms={"translation": [-1, 0, 1], "rotation": [0, 90]})
+    result = invariance_curves(
+        model,
+        images,
+        torch.tensor([0, 1]),
+        ["conv1", "fc"],
+        transforms={"translation": [-1, 0, 1], "rotation": [0, 90]},
+    )
     fig = plot_invariance(result, images, class_names=["a", "b", "c", "d", "e"])
     assert len(fig.axes) == 2 * 4  # columns: transforms; rows: strip, 2 layers, probability
     fig_no_strip = plot_invariance(result)

@@ -178,8 +178,11 @@ def test_two_process_gloo_merge_equals_single_process(tmp_path):
     world = 2
     # fork: the children need not re-import torch and the package (spawn costs ~10 s each)
     mp.start_processes(
-        _rank_main, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world,
-        join=True, start_method="fork",
+        _rank_main,
+        args=(world, str(tmp_path / "init"), str(tmp_path)),
+        nprocs=world,
+        join=True,
+        start_method="fork",
     )
     model, images = small_cnn(), dataset()
     single = top_activations(model, model[4], images, k=9, progress=False)
@@ -198,9 +201,7 @@ def test_two_process_gloo_merge_equals_single_process(tmp_path):
 
 
 def test_world_size_one_accepts_plain_iterables(tmp_path):
-    dist.init_process_group(
-        "gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1
-    )
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
     try:
         model, images = small_cnn(), dataset(8)
         result = top_activations(model, model[4], iter(images.split(3)), k=2, progress=False)
@@ -213,17 +214,21 @@ def test_batched_projections_equal_one_at_a_time_calls():
     model, images = small_cnn(), dataset(23)
     top = top_activations(model, model[4], images, k=3, channels=[4, 1, 2], progress=False)
     one_by_one = DeconvProjection(model, model[4])
-    expected = torch.stack([
-        torch.stack([
-            one_by_one.attribute(
-                images[int(top.indices[c, j])][None],
-                target=int(top.channels[c]),
-                neuron=top.locations[c, j][None],
-            )[0]
-            for j in range(3)
-        ])
-        for c in range(3)
-    ])
+    expected = torch.stack(
+        [
+            torch.stack(
+                [
+                    one_by_one.attribute(
+                        images[int(top.indices[c, j])][None],
+                        target=int(top.channels[c]),
+                        neuron=top.locations[c, j][None],
+                    )[0]
+                    for j in range(3)
+                ]
+            )
+            for c in range(3)
+        ]
+    )
     labels = torch.zeros(len(images))
     for data in (images, TensorDataset(images, labels), DataLoader(TensorDataset(images, labels))):
         got = project_top_activations(model, model[4], data, top, batch_size=4, progress=False)
@@ -260,8 +265,9 @@ def test_projecting_a_top_from_other_data_or_another_layer_says_so():
     top4 = top_activations(model, "4", images, k=2, progress=False)  # 6 channels, 3x3 maps
     top1 = top_activations(model, "1", images, k=2, progress=False)  # 4 channels, 10x10 maps
     few = images[: int(top4.indices.max())]
-    with pytest.raises(ValueError, match=f"position {int(top4.indices.max())} but data holds "
-                                         f"{len(few)} examples"):
+    with pytest.raises(
+        ValueError, match=f"position {int(top4.indices.max())} but data holds {len(few)} examples"
+    ):
         project_top_activations(model, "4", few, top4, progress=False)
     with pytest.raises(ValueError, match="channel .* out of range.*mined on this layer"):
         project_top_activations(model, "1", images, top4, progress=False)
@@ -284,8 +290,9 @@ def test_receptive_field_patches_match_pixelwise_crop():
                 want = images[m, :, r, c] if inside else torch.full((2,), -7.0)
                 assert torch.equal(got[m, :, a, b], want), (m, a, b)
     # a field at least as large as the image shows the whole image
-    whole = receptive_field_patches(images, locations, SimpleNamespace(
-        size=(30, 12), stride=(1, 1), offset=(-9, 0)))
+    whole = receptive_field_patches(
+        images, locations, SimpleNamespace(size=(30, 12), stride=(1, 1), offset=(-9, 0))
+    )
     assert torch.equal(whole, images)
 
 

@@ -25,8 +25,10 @@ PAPER_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"
 def map_sizes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
     """Output shape (without batch) of every child, recorded with forward hooks."""
     sizes = {}
-    handles = [m.register_forward_hook(lambda _m, _i, out, n=n: sizes.__setitem__(n, out.shape[1:]))
-               for n, m in model.named_children()]
+    handles = [
+        m.register_forward_hook(lambda _m, _i, out, n=n: sizes.__setitem__(n, out.shape[1:]))
+        for n, m in model.named_children()
+    ]
     with torch.no_grad():
         model(x)
     for h in handles:
@@ -49,20 +51,34 @@ def big():
 
 
 def test_zfnet_parameter_count_matches_paper(big):
-    by_hand = (conv_params(3, 96, 7) + conv_params(96, 256, 5) + conv_params(256, 384, 3)
-               + conv_params(384, 384, 3) + conv_params(384, 256, 3) + fc_params(9216, 4096)
-               + fc_params(4096, 4096) + fc_params(4096, 1000))
+    by_hand = (
+        conv_params(3, 96, 7)
+        + conv_params(96, 256, 5)
+        + conv_params(256, 384, 3)
+        + conv_params(384, 384, 3)
+        + conv_params(384, 256, 3)
+        + fc_params(9216, 4096)
+        + fc_params(4096, 4096)
+        + fc_params(4096, 1000)
+    )
     total = sum(p.numel() for p in big.parameters())
     assert total == by_hand == 62_357_608
 
 
 def test_zfnet_map_sizes_match_figure_3(big):
     sizes = map_sizes(big, torch.rand(1, 3, 224, 224))
-    spatial = [sizes[n][-1] for n in ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4",
-                                      "conv5", "pool5")]
+    spatial = [
+        sizes[n][-1]
+        for n in ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5")
+    ]
     assert spatial == [110, 55, 26, 13, 13, 13, 13, 6]
     assert [sizes[n][0] for n in ("conv1", "conv2", "conv3", "conv4", "conv5")] == [
-        96, 256, 384, 384, 256]
+        96,
+        256,
+        384,
+        384,
+        256,
+    ]
     assert sizes["flatten"] == (9216,) and sizes["fc8"] == (1000,)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in big.modules())
 
@@ -81,16 +97,24 @@ def test_zfnet_fashion_shapes_and_layer_names():
     for name in PAPER_LAYERS:
         assert isinstance(getattr(model, name), nn.Conv2d if name[0] == "c" else nn.Linear)
     sizes = map_sizes(model, torch.rand(3, 1, 28, 28))
-    spatial = [sizes[n][-1] for n in ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4",
-                                      "conv5", "pool5")]
+    spatial = [
+        sizes[n][-1]
+        for n in ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5")
+    ]
     assert spatial == [28, 14, 14, 7, 7, 7, 7, 3]
     assert sizes["fc8"] == (10,)
     assert model.conv1.kernel_size == (7, 7)
     assert all(getattr(model, f"conv{i}").kernel_size == (3, 3) for i in (3, 4, 5))
     assert sum(p.numel() for p in model.parameters()) == (
-        conv_params(1, 16, 7) + conv_params(16, 32, 5) + conv_params(32, 48, 3)
-        + conv_params(48, 48, 3) + conv_params(48, 32, 3) + fc_params(32 * 9, 384)
-        + fc_params(384, 384) + fc_params(384, 10))
+        conv_params(1, 16, 7)
+        + conv_params(16, 32, 5)
+        + conv_params(32, 48, 3)
+        + conv_params(48, 48, 3)
+        + conv_params(48, 32, 3)
+        + fc_params(32 * 9, 384)
+        + fc_params(384, 384)
+        + fc_params(384, 10)
+    )
 
 
 def test_normalisation_inside_model():
@@ -99,12 +123,14 @@ def test_normalisation_inside_model():
     torch.testing.assert_close(model.normalize(x), (x - 0.2860) / 0.3530)
 
 
-@pytest.mark.parametrize("remove", [("conv3", "conv4"), ("fc6", "fc7"),
-                                    ("conv3", "conv4", "fc6", "fc7"), ("conv5",)])
+@pytest.mark.parametrize(
+    "remove", [("conv3", "conv4"), ("fc6", "fc7"), ("conv3", "conv4", "fc6", "fc7"), ("conv5",)]
+)
 def test_remove_layers_reconnects_shapes(remove):
     model = zfnet_fashion(remove=remove)
-    assert model.removed == tuple(sorted(remove, key=("conv3", "conv4", "conv5", "fc6",
-                                                      "fc7").index))
+    assert model.removed == tuple(
+        sorted(remove, key=("conv3", "conv4", "conv5", "fc6", "fc7").index)
+    )
     for name in remove:
         assert not hasattr(model, name)
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
@@ -140,8 +166,10 @@ def test_remove_errors():
 
 
 def test_one_sgd_step_lowers_loss_both_archs():
-    for model, x in ((zfnet(num_classes=5), torch.rand(2, 3, 224, 224)),
-                     (zfnet_fashion(), torch.rand(8, 1, 28, 28))):
+    for model, x in (
+        (zfnet(num_classes=5), torch.rand(2, 3, 224, 224)),
+        (zfnet_fashion(), torch.rand(8, 1, 28, 28)),
+    ):
         y = torch.arange(len(x)) % model.num_classes
         opt = torch.optim.SGD(model.parameters(), lr=1e-2)
         model.eval()
@@ -204,12 +232,15 @@ def test_checkpoints_show_training_progress():
     assert accs[-1] == max(accs) and accs[0] < accs[-1]
 
 
-DEBIAN_TEST = [DEFAULT_DEBIAN_DIR / "t10k-images-idx3-ubyte.gz",
-               DEFAULT_DEBIAN_DIR / "t10k-labels-idx1-ubyte.gz"]
+DEBIAN_TEST = [
+    DEFAULT_DEBIAN_DIR / "t10k-images-idx3-ubyte.gz",
+    DEFAULT_DEBIAN_DIR / "t10k-labels-idx1-ubyte.gz",
+]
 
 
-@pytest.mark.skipif(not all(p.is_file() for p in DEBIAN_TEST),
-                    reason="dataset-fashion-mnist (Debian) not installed")
+@pytest.mark.skipif(
+    not all(p.is_file() for p in DEBIAN_TEST), reason="dataset-fashion-mnist (Debian) not installed"
+)
 def test_reference_on_full_test_set():
     with gzip.open(DEBIAN_TEST[0]) as f:
         images = np.frombuffer(f.read()[16:], np.uint8).reshape(-1, 1, 28, 28)

@@ -79,45 +79,102 @@ def _case(name):
     if name == "single":
         return SmallCNN(), x, dict(sliding_window_shapes=(3, 4, 4), strides=2, target=1)
     if name == "channelwise":
-        return SmallCNN(), x, dict(sliding_window_shapes=(1, 5, 5), strides=(1, 3, 2),
-                                   baselines=0.5, target=[0, 3], perturbations_per_eval=7)
+        return (
+            SmallCNN(),
+            x,
+            dict(
+                sliding_window_shapes=(1, 5, 5),
+                strides=(1, 3, 2),
+                baselines=0.5,
+                target=[0, 3],
+                perturbations_per_eval=7,
+            ),
+        )
     if name == "tensor-baseline":
         base = torch.rand(1, 3, 16, 16, generator=g)
-        return SmallCNN(), x, dict(sliding_window_shapes=(3, 6, 3), strides=(3, 3, 2),
-                                   baselines=base, target=torch.tensor([4, 2]),
-                                   perturbations_per_eval=64)
+        return (
+            SmallCNN(),
+            x,
+            dict(
+                sliding_window_shapes=(3, 6, 3),
+                strides=(3, 3, 2),
+                baselines=base,
+                target=torch.tensor([4, 2]),
+                perturbations_per_eval=64,
+            ),
+        )
     if name == "two-inputs":
         y = torch.rand(2, 1, 16, 16, generator=g)
-        return TwoInputs(), (x, y), dict(
-            sliding_window_shapes=((3, 4, 4), (1, 3, 3)), strides=(2, (1, 2, 3)),
-            baselines=(0.0, torch.rand(2, 1, 16, 16, generator=g)), target=2,
-            perturbations_per_eval=5)
+        return (
+            TwoInputs(),
+            (x, y),
+            dict(
+                sliding_window_shapes=((3, 4, 4), (1, 3, 3)),
+                strides=(2, (1, 2, 3)),
+                baselines=(0.0, torch.rand(2, 1, 16, 16, generator=g)),
+                target=2,
+                perturbations_per_eval=5,
+            ),
+        )
     if name == "extra-args":
         offset = torch.rand(2, 5, generator=g)
-        return ExtraArgs(), x, dict(sliding_window_shapes=(3, 4, 4), strides=4, target=0,
-                                    additional_forward_args=(offset, 2.0),
-                                    perturbations_per_eval=4)
+        return (
+            ExtraArgs(),
+            x,
+            dict(
+                sliding_window_shapes=(3, 4, 4),
+                strides=4,
+                target=0,
+                additional_forward_args=(offset, 2.0),
+                perturbations_per_eval=4,
+            ),
+        )
     if name == "scalar-output":
-        return ScalarOut(), x, dict(sliding_window_shapes=(3, 5, 5), strides=3,
-                                    perturbations_per_eval=3)
+        return (
+            ScalarOut(),
+            x,
+            dict(sliding_window_shapes=(3, 5, 5), strides=3, perturbations_per_eval=3),
+        )
     if name == "resnet18":
         model = torchvision.models.resnet18(weights=None)
-        return model, torch.rand(1, 3, 32, 32, generator=g), dict(
-            sliding_window_shapes=(3, 8, 8), strides=6, target=7, perturbations_per_eval=16)
+        return (
+            model,
+            torch.rand(1, 3, 32, 32, generator=g),
+            dict(sliding_window_shapes=(3, 8, 8), strides=6, target=7, perturbations_per_eval=16),
+        )
     if name == "squeezenet":
         model = torchvision.models.squeezenet1_1(weights=None)
-        return model, torch.rand(1, 3, 48, 48, generator=g), dict(
-            sliding_window_shapes=(3, 8, 8), strides=8, target=3, perturbations_per_eval=8)
+        return (
+            model,
+            torch.rand(1, 3, 48, 48, generator=g),
+            dict(sliding_window_shapes=(3, 8, 8), strides=8, target=3, perturbations_per_eval=8),
+        )
     if name == "alexnet":
         model = torchvision.models.alexnet(weights=None)
-        return model, torch.rand(1, 3, 80, 80, generator=g), dict(
-            sliding_window_shapes=(3, 12, 12), strides=8, target=11, perturbations_per_eval=32)
+        return (
+            model,
+            torch.rand(1, 3, 80, 80, generator=g),
+            dict(
+                sliding_window_shapes=(3, 12, 12), strides=8, target=11, perturbations_per_eval=32
+            ),
+        )
     raise KeyError(name)
 
 
-@pytest.mark.parametrize("name", ["single", "channelwise", "tensor-baseline", "two-inputs",
-                                  "extra-args", "scalar-output", "resnet18", "squeezenet",
-                                  "alexnet"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "single",
+        "channelwise",
+        "tensor-baseline",
+        "two-inputs",
+        "extra-args",
+        "scalar-output",
+        "resnet18",
+        "squeezenet",
+        "alexnet",
+    ],
+)
 def test_matches_captum(name):
     model, inputs, kwargs = _case(name)
     model.eval()
@@ -141,8 +198,11 @@ def test_fallback_equals_captum_exactly(kind, caplog):
     torch.manual_seed(0)
     model = (DataDependent() if kind == "control-flow" else SmallCNN()).eval()
     # a model in training mode without BatchNorm/dropout statistics is still deterministic
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 14 * 14, 3)).train() \
-        if kind == "training" else model
+    model = (
+        nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 14 * 14, 3)).train()
+        if kind == "training"
+        else model
+    )
     forward = (lambda t: model(t)) if kind == "lambda" else model  # noqa: PLW0108
     x = torch.rand(2, 3, 16, 16)
     kwargs = dict(sliding_window_shapes=(3, 4, 4), strides=3, target=1, perturbations_per_eval=6)
@@ -152,8 +212,11 @@ def test_fallback_equals_captum_exactly(kind, caplog):
         got = occlusion.attribute(x, **kwargs)
     assert torch.equal(got, expected)
     assert occlusion.last_run.path == "full"
-    reason = {"lambda": "cannot trace", "control-flow": "cannot trace",
-              "training": "training mode"}[kind]
+    reason = {
+        "lambda": "cannot trace",
+        "control-flow": "cannot trace",
+        "training": "training mode",
+    }[kind]
     assert reason in occlusion.last_run.reason
     assert any("full recomputation" in r.message and reason in r.message for r in caplog.records)
 
@@ -213,8 +276,9 @@ def test_model_untouched():
     state = {k: v.clone() for k, v in model.state_dict().items()}
     flags = [p.requires_grad for p in model.parameters()]
     occlusion = Occlusion(model)
-    occlusion.attribute(torch.rand(1, 3, 32, 32), (3, 8, 8), strides=8, target=0,
-                        perturbations_per_eval=8)
+    occlusion.attribute(
+        torch.rand(1, 3, 32, 32), (3, 8, 8), strides=8, target=0, perturbations_per_eval=8
+    )
     assert occlusion.last_run.path == "incremental"
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert [p.requires_grad for p in model.parameters()] == flags
@@ -228,7 +292,8 @@ def test_hooks_see_real_forward_passes(layer):
     model = torchvision.models.resnet18(weights=None).eval()
     shapes = []
     handle = model.get_submodule(layer).register_forward_hook(
-        lambda m, a, o: shapes.append(tuple(o.shape)))
+        lambda m, a, o: shapes.append(tuple(o.shape))
+    )
     occlusion = Occlusion(model)
     x = torch.rand(1, 3, 32, 32)
     got = occlusion.attribute(x, (3, 8, 8), strides=8, target=0, perturbations_per_eval=8)
@@ -236,8 +301,12 @@ def test_hooks_see_real_forward_passes(layer):
     assert {s[0] for s in shapes} == {1, 8} and len({s[1:] for s in shapes}) == 1
     assert len(model.get_submodule(layer)._forward_hooks) == 1
     handle.remove()
-    _assert_close(got, captum.attr.Occlusion(model).attribute(
-        x, (3, 8, 8), strides=8, target=0, perturbations_per_eval=8))
+    _assert_close(
+        got,
+        captum.attr.Occlusion(model).attribute(
+            x, (3, 8, 8), strides=8, target=0, perturbations_per_eval=8
+        ),
+    )
 
 
 def _brute_force_maps(model, layer, image, window, stride, target, baseline):
@@ -255,7 +324,7 @@ def _brute_force_maps(model, layer, image, window, stride, target, baseline):
         for i, r in enumerate(rows):
             for j, c in enumerate(cols):
                 x = image.clone()
-                x[:, r:r + window, c:c + window] = baseline
+                x[:, r : r + window, c : c + window] = baseline
                 p = model(x[None]).softmax(1)[0]
                 feature[i, j] = seen["o"][0, channel].sum()
                 probability[i, j], label[i, j] = p[target], p.argmax()
@@ -267,10 +336,19 @@ def test_occlusion_maps_match_brute_force(traceable):
     torch.manual_seed(0)
     model = (SmallCNN() if traceable else DataDependent()).eval()
     image = torch.rand(3, 18, 18)
-    maps = occlusion_maps(model, image, window=5, stride=3, layer="conv2", target=2,
-                          baseline=0.25, perturbations_per_eval=7)
+    maps = occlusion_maps(
+        model,
+        image,
+        window=5,
+        stride=3,
+        layer="conv2",
+        target=2,
+        baseline=0.25,
+        perturbations_per_eval=7,
+    )
     channel, rows, cols, feature, probability, label = _brute_force_maps(
-        model, "conv2", image, 5, 3, 2, 0.25)
+        model, "conv2", image, 5, 3, 2, 0.25
+    )
     assert maps.channel == channel and maps.layer == "conv2" and maps.target == 2
     assert maps.rows.tolist() == rows and maps.cols.tolist() == cols
     assert torch.allclose(maps.feature, feature, rtol=1e-4, atol=1e-5)
@@ -297,7 +375,8 @@ def test_occlusion_maps_defaults_errors_and_figure():
         occlusion_maps(model, image, 4, 4, "conv2", target=9)
     with pytest.raises(ValueError, match="nope"):
         occlusion_maps(model, image, 4, 4, "nope")
-    fig = plot_occlusion_maps(image[0], maps, class_names=list("abcde"),
-                              projection=torch.randn(3, 16, 16))
+    fig = plot_occlusion_maps(
+        image[0], maps, class_names=list("abcde"), projection=torch.randn(3, 16, 16)
+    )
     assert len(fig.axes) == 5 + 2  # five panels and two colour bars
     assert fig.axes[3].get_title() == "(d) p(" + "abcde"[maps.target] + ")"

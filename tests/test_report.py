@@ -58,8 +58,15 @@ def test_quick_report_on_the_bundled_reference(tmp_path):
         "Correspondence analysis (Sec. 5.3, Table 1)",
         "Layer ablation",
     ]
-    assert {"fig2-conv1.png", "fig2-conv2.png", "fig4-conv1.png", "fig5-invariance.png",
-            "fig7-occlusion-0.png", "correspondence.png", "ablation.png"} <= set(page.images)
+    assert {
+        "fig2-conv1.png",
+        "fig2-conv2.png",
+        "fig4-conv1.png",
+        "fig5-invariance.png",
+        "fig7-occlusion-0.png",
+        "correspondence.png",
+        "ablation.png",
+    } <= set(page.images)
     text = (out / "index.html").read_text(encoding="utf-8")
     # the receptive-field row of conv1: its kernel, and its output shape on a 28x28 image
     model = load_reference()
@@ -99,12 +106,29 @@ def test_quick_report_on_an_image_folder_with_an_own_model_and_checkpoints(tmp_p
     for epoch in (1, 3):  # training snapshots of the user's model, as state dicts
         torch.save(zfnet_fashion().state_dict(), tmp_path / f"epoch{epoch}.pt")
     out = tmp_path / "report"
-    main([
-        "--out", str(out), "--model", "deconvnet_attr.models:zfnet_fashion", "--quick",
-        "--images", str(tmp_path / "images"), "--input-size", "28", "--layers", "conv1,conv4",
-        "--checkpoints", f"1={tmp_path / 'epoch1.pt'}", f"3={tmp_path / 'epoch3.pt'}",
-        "--mean", "0.5", "--std", "0.25", "--no-progress",
-    ])
+    main(
+        [
+            "--out",
+            str(out),
+            "--model",
+            "deconvnet_attr.models:zfnet_fashion",
+            "--quick",
+            "--images",
+            str(tmp_path / "images"),
+            "--input-size",
+            "28",
+            "--layers",
+            "conv1,conv4",
+            "--checkpoints",
+            f"1={tmp_path / 'epoch1.pt'}",
+            f"3={tmp_path / 'epoch3.pt'}",
+            "--mean",
+            "0.5",
+            "--std",
+            "0.25",
+            "--no-progress",
+        ]
+    )
     page = read_page(out)
     assert "Feature evolution during training (Fig. 4)" in page.headings
     # folder classes are not the model's classes: no ablation, no correspondence by class parts
@@ -121,11 +145,31 @@ def test_bad_arguments_name_the_value(tmp_path):
     with pytest.raises(ValueError, match="nowhere_module"):
         build_model("nowhere_module:factory")
     with pytest.raises(ValueError, match="conv9"):
-        main(["--out", str(tmp_path), "--model", "deconvnet_attr.models:zfnet_fashion",
-              "--layers", "conv9", "--quick", "--no-progress"])
+        main(
+            [
+                "--out",
+                str(tmp_path),
+                "--model",
+                "deconvnet_attr.models:zfnet_fashion",
+                "--layers",
+                "conv9",
+                "--quick",
+                "--no-progress",
+            ]
+        )
     with pytest.raises(ValueError, match="'x.pt'"):
-        main(["--out", str(tmp_path), "--model", "deconvnet_attr.models:zfnet_fashion",
-              "--checkpoints", "x.pt", "--quick", "--no-progress"])
+        main(
+            [
+                "--out",
+                str(tmp_path),
+                "--model",
+                "deconvnet_attr.models:zfnet_fashion",
+                "--checkpoints",
+                "x.pt",
+                "--quick",
+                "--no-progress",
+            ]
+        )
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--k", "0"])
 

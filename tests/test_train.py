@@ -17,12 +17,19 @@ from deconvnet_attr.data import DEFAULT_DEBIAN_DIR
 from deconvnet_attr.models import load_model
 from deconvnet_attr.train import main, translate_flip
 
-HAS_DEBIAN = all((DEFAULT_DEBIAN_DIR / f).is_file() for f in (
-    "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"))
+HAS_DEBIAN = all(
+    (DEFAULT_DEBIAN_DIR / f).is_file()
+    for f in (
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    )
+)
 
 
 # --- feature-scale clipping -------------------------------------------------------------------
+
 
 def test_feature_scale_clip_matches_per_filter_loop():
     torch.manual_seed(0)
@@ -59,12 +66,17 @@ def test_translate_flip_moves_pixels_only():
     assert out.shape == x.shape
     for a, b in zip(x, out, strict=True):
         inner = b[:, 2:-2, 2:-2]
-        candidates = [img[:, 2 + dy:26 + dy, 2 + dx:26 + dx]
-                      for img in (a, a.flip(2)) for dy in range(-2, 3) for dx in range(-2, 3)]
+        candidates = [
+            img[:, 2 + dy : 26 + dy, 2 + dx : 26 + dx]
+            for img in (a, a.flip(2))
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+        ]
         assert any(torch.equal(inner, c) for c in candidates)
 
 
 # --- the training script --------------------------------------------------------------------
+
 
 def run(argv) -> int:
     return main([str(a) for a in argv])
@@ -79,13 +91,33 @@ def fashion_root(tmp_path):
 
 def test_one_step_zfnet_fashion_on_synthetic_idx(tmp_path, fashion_root):
     out = tmp_path / "out"
-    assert run(["--arch", "zfnet-fashion", "--data", "fashion-mnist", "--fashion-root",
-                fashion_root, "--epochs", "1", "--max-steps", "1", "--batch-size", "16", "--out",
-                out, "--no-progress"]) == 0
+    assert (
+        run(
+            [
+                "--arch",
+                "zfnet-fashion",
+                "--data",
+                "fashion-mnist",
+                "--fashion-root",
+                fashion_root,
+                "--epochs",
+                "1",
+                "--max-steps",
+                "1",
+                "--batch-size",
+                "16",
+                "--out",
+                out,
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     ckpt = torch.load(out / "last.pt", weights_only=False)
     assert ckpt["step"] == 1 and ckpt["epoch_complete"] is False
     torch.manual_seed(0)
     from deconvnet_attr.models import zfnet_fashion
+
     init = zfnet_fashion().state_dict()
     changed = [k for k, v in ckpt["model"].items() if not torch.equal(v, init[k])]
     assert {"conv1.weight", "fc8.bias"} <= set(changed)
@@ -97,8 +129,26 @@ def test_one_step_zfnet_on_image_folder(tmp_path):
     make_image_folder(data / "train", classes=("a", "b", "c"), per_class=1)
     make_image_folder(data / "val", classes=("a", "b", "c"), per_class=1)
     out = tmp_path / "out"
-    assert run(["--arch", "zfnet", "--data", data, "--epochs", "1", "--max-steps", "1",
-                "--batch-size", "2", "--out", out, "--no-progress"]) == 0
+    assert (
+        run(
+            [
+                "--arch",
+                "zfnet",
+                "--data",
+                data,
+                "--epochs",
+                "1",
+                "--max-steps",
+                "1",
+                "--batch-size",
+                "2",
+                "--out",
+                out,
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     model = load_model(out / "model_final.pt")
     assert model.class_names == ("a", "b", "c") and model.fc8.out_features == 3
     rows = list(csv.DictReader(open(out / "metrics.csv")))
@@ -106,9 +156,21 @@ def test_one_step_zfnet_on_image_folder(tmp_path):
 
 
 def test_resume_reproduces_uninterrupted_run(tmp_path, fashion_root):
-    common = ["--arch", "zfnet-fashion", "--data", "fashion-mnist", "--fashion-root",
-              fashion_root, "--batch-size", "16", "--no-progress", "--snapshot-epochs", "1",
-              "--warmup-steps", "2"]
+    common = [
+        "--arch",
+        "zfnet-fashion",
+        "--data",
+        "fashion-mnist",
+        "--fashion-root",
+        fashion_root,
+        "--batch-size",
+        "16",
+        "--no-progress",
+        "--snapshot-epochs",
+        "1",
+        "--warmup-steps",
+        "2",
+    ]
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert run([*common, "--epochs", "2", "--out", straight]) == 0
     assert run([*common, "--epochs", "2", "--max-steps", "4", "--out", split]) == 0
@@ -125,11 +187,14 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, fashion_root):
     assert (split / "model_epoch001.pt").is_file() and not (split / "model_epoch002.pt").exists()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--arch", "resnet"], "unknown arch 'resnet'"),
-    (["--arch", "zfnet", "--remove", "conv1"], "cannot remove 'conv1'"),
-    (["--arch", "zfnet", "--epochs", "0"], "--epochs must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--arch", "resnet"], "unknown arch 'resnet'"),
+        (["--arch", "zfnet", "--remove", "conv1"], "cannot remove 'conv1'"),
+        (["--arch", "zfnet", "--epochs", "0"], "--epochs must be >= 1"),
+    ],
+)
 def test_bad_flags_exit_before_training(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit):
         run([*argv, "--out", tmp_path / "o"])
@@ -140,10 +205,21 @@ def test_bad_flags_exit_before_training(tmp_path, capsys, argv, message):
 def test_bad_data_errors_before_training(tmp_path, capsys, fashion_root):
     cases = [
         (["--arch", "zfnet-fashion", "--data", tmp_path / "nodir"], "directory not found"),
-        (["--arch", "zfnet-fashion", "--data", "fashion-mnist", "--fashion-root",
-          tmp_path / "nodir"], "apt-get install -y dataset-fashion-mnist"),
-        (["--arch", "zfnet", "--data", "fashion-mnist", "--fashion-root", fashion_root],
-         "use --arch zfnet-fashion"),
+        (
+            [
+                "--arch",
+                "zfnet-fashion",
+                "--data",
+                "fashion-mnist",
+                "--fashion-root",
+                tmp_path / "nodir",
+            ],
+            "apt-get install -y dataset-fashion-mnist",
+        ),
+        (
+            ["--arch", "zfnet", "--data", "fashion-mnist", "--fashion-root", fashion_root],
+            "use --arch zfnet-fashion",
+        ),
         (["--arch", "zfnet-fashion", "--data", fashion_root], "holds no images"),
     ]
     (fashion_root / "cls").mkdir()
@@ -158,19 +234,43 @@ def test_bad_data_errors_before_training(tmp_path, capsys, fashion_root):
 
 def torchrun(args, tmp_path, timeout=240):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "deconvnet_attr.train", *map(str, args)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
-                          cwd=tmp_path)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "deconvnet_attr.train",
+        *map(str, args),
+    ]
+    return subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=tmp_path
+    )
 
 
 def test_torchrun_two_processes(tmp_path, fashion_root):
     """The issue's smoke command; on the synthetic idx files when the Debian package is absent."""
     out = tmp_path / "ddp"
     source = [] if HAS_DEBIAN else ["--fashion-root", fashion_root]
-    proc = torchrun(["--arch", "zfnet-fashion", "--data", "fashion-mnist", *source, "--epochs",
-                     "1", "--max-steps", "5", "--batch-size", "32" if HAS_DEBIAN else "8",
-                     "--out", out], tmp_path)
+    proc = torchrun(
+        [
+            "--arch",
+            "zfnet-fashion",
+            "--data",
+            "fashion-mnist",
+            *source,
+            "--epochs",
+            "1",
+            "--max-steps",
+            "5",
+            "--batch-size",
+            "32" if HAS_DEBIAN else "8",
+            "--out",
+            out,
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = torch.load(out / "last.pt", weights_only=False)
     assert ckpt["step"] == (5 if HAS_DEBIAN else 4)  # the synthetic set has 4 steps per epoch

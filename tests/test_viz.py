@@ -82,8 +82,9 @@ def test_feature_grid_has_a_titled_block_per_channel():
     fig = plot_feature_grid(projections, patches, labels=["a", "b", "c"], blocks_per_row=2)
     shown = [ax for ax in fig.get_axes() if ax.images]
     assert [ax.get_title() for ax in shown] == ["a", "b", "c"]
-    np.testing.assert_array_equal(shown[1].images[0].get_array(),
-                                  feature_block(projections[1], patches[1]))
+    np.testing.assert_array_equal(
+        shown[1].images[0].get_array(), feature_block(projections[1], patches[1])
+    )
     with pytest.raises(ValueError, match="2 projections but 3 patches"):
         plot_feature_grid([projections[0][:2]], [patches[0][:3]])
     with pytest.raises(ValueError, match="1 labels for 3 channels"):
@@ -96,7 +97,8 @@ def test_evolution_grid_has_a_column_per_epoch():
     axes = fig.get_axes()
     assert len(axes) == 6
     assert [ax.get_title() for ax in axes[:3]] == ["epoch 1", "epoch 5", "epoch 20"]
-    np.testing.assert_allclose(axes[4].images[0].get_array(),
-                               contrast_stretch(projections[1, 1:2])[0])
+    np.testing.assert_allclose(
+        axes[4].images[0].get_array(), contrast_stretch(projections[1, 1:2])[0]
+    )
     with pytest.raises(ValueError, match=r"2 epochs"):
         plot_evolution(projections, [1, 2])

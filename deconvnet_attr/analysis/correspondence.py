@@ -140,8 +140,10 @@ def correspondence(
     colour = torch.as_tensor(fill, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     changed = (images != colour).any(1).cpu()
     random_boxes = torch.stack(
-        [_random_boxes(changed[i : i + 1], sizes[i], n_random, min_changed, generator)[:, 0]
-         for i in range(n)],
+        [
+            _random_boxes(changed[i : i + 1], sizes[i], n_random, min_changed, generator)[:, 0]
+            for i in range(n)
+        ],
         dim=1,
     )  # (R, n, 4)
     shared_boxes = _random_boxes(changed, sizes[0], n_random, min_changed, generator)
@@ -162,8 +164,13 @@ def correspondence(
         rand.append(delta[1 : 1 + n_random])
         shared.append(delta[1 + n_random :])
     return CorrespondenceResult(
-        tuple(names), torch.stack(part), torch.stack(rand, 1), torch.stack(shared, 1),
-        part_boxes, random_boxes, shared_boxes,
+        tuple(names),
+        torch.stack(part),
+        torch.stack(rand, 1),
+        torch.stack(shared, 1),
+        part_boxes,
+        random_boxes,
+        shared_boxes,
     )
 
 
@@ -288,9 +295,15 @@ def correspondence_table(
             )
         results = [
             correspondence(
-                model, images[pool[torch.randperm(len(pool), generator=gen)[:n_images]]],
-                part.pixels(height, width), layers, baseline, n_random, min_changed,
-                generator=gen, batch_size=batch_size,
+                model,
+                images[pool[torch.randperm(len(pool), generator=gen)[:n_images]]],
+                part.pixels(height, width),
+                layers,
+                baseline,
+                n_random,
+                min_changed,
+                generator=gen,
+                batch_size=batch_size,
             )
             for _ in range(n_sets)
         ]
@@ -298,16 +311,26 @@ def correspondence_table(
         rand_d.append(torch.cat([r.random for r in results]))
         shared_d.append(torch.cat([r.shared for r in results]))
     return CorrespondenceTable(
-        tuple(names), tuple(parts), torch.stack(part_d), torch.stack(rand_d),
-        torch.stack(shared_d), n_images,
+        tuple(names),
+        tuple(parts),
+        torch.stack(part_d),
+        torch.stack(rand_d),
+        torch.stack(shared_d),
+        n_images,
     )
 
 
 def correspondence_markdown(table: CorrespondenceTable) -> str:
     """The table as Markdown, mean ± std per layer: part, random box, shared random box."""
-    head = "| part | " + " | ".join(
-        f"{layer} {kind}" for layer in table.layers for kind in ("part", "random", "shared random")
-    ) + " |"
+    head = (
+        "| part | "
+        + " | ".join(
+            f"{layer} {kind}"
+            for layer in table.layers
+            for kind in ("part", "random", "shared random")
+        )
+        + " |"
+    )
     lines = [head, "|" + "---|" * (1 + 3 * len(table.layers))]
     for p, part in enumerate(table.parts):
         cells = []

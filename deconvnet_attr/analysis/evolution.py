@@ -77,7 +77,11 @@ def feature_evolution(
     for epoch in epochs:
         model = checkpoints[epoch]
         mined = top_activations_by_layer(
-            model, layers, _mining_input(data, batch_size), k=1, batch_size=batch_size,
+            model,
+            layers,
+            _mining_input(data, batch_size),
+            k=1,
+            batch_size=batch_size,
             progress=progress,
         )
         for name, top in mined.items():

@@ -32,8 +32,17 @@ from .zfnet import (
     zfnet_fashion,
 )
 
-__all__ = ["ARCHS", "ARCH_CONFIGS", "REFERENCE_FILE", "build_model", "load_checkpoints",
-           "load_model", "load_reference", "model_record", "save_model"]
+__all__ = [
+    "ARCHS",
+    "ARCH_CONFIGS",
+    "REFERENCE_FILE",
+    "build_model",
+    "load_checkpoints",
+    "load_model",
+    "load_reference",
+    "model_record",
+    "save_model",
+]
 
 ARCHS: dict[str, Callable[..., ZFNet]] = {"zfnet": zfnet, "zfnet-fashion": zfnet_fashion}
 ARCH_CONFIGS: dict[str, ZFNetConfig] = {"zfnet": ZFNET_IMAGENET, "zfnet-fashion": ZFNET_FASHION}
@@ -51,8 +60,11 @@ def build_model(arch: str, num_classes: int, remove: tuple[str, ...] | list[str]
 def model_record(model: ZFNet, arch: str, epoch: int, dtype: torch.dtype | None = None) -> dict:
     """The dict :func:`save_model` writes; floating-point tensors are cast to ``dtype`` if given."""
     state = {
-        k: (v.detach().to("cpu", dtype) if dtype is not None and v.is_floating_point()
-            else v.detach().cpu())
+        k: (
+            v.detach().to("cpu", dtype)
+            if dtype is not None and v.is_floating_point()
+            else v.detach().cpu()
+        )
         for k, v in model.state_dict().items()
     }
     return {
@@ -66,8 +78,9 @@ def model_record(model: ZFNet, arch: str, epoch: int, dtype: torch.dtype | None 
     }
 
 
-def save_model(model: ZFNet, path: str | os.PathLike, arch: str, epoch: int,
-               dtype: torch.dtype | None = None) -> Path:
+def save_model(
+    model: ZFNet, path: str | os.PathLike, arch: str, epoch: int, dtype: torch.dtype | None = None
+) -> Path:
     """Write a model file (see module docstring) atomically; returns its path."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -93,8 +106,9 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         model = build_zfnet(ZFNetConfig(**fields), record["num_classes"], record["remove"])
     else:
         model = build_model(record["arch"], record["num_classes"], record["remove"])
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v
-                           for k, v in record["model"].items()})
+    model.load_state_dict(
+        {k: v.float() if v.is_floating_point() else v for k, v in record["model"].items()}
+    )
     names = record.get("class_names")
     model.class_names = None if names is None else tuple(names)
     model.epoch = record.get("epoch")

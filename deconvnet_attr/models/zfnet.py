@@ -38,8 +38,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["REMOVABLE_LAYERS", "ZFNet", "ZFNetConfig", "Normalize", "build_zfnet", "zfnet",
-           "zfnet_fashion"]
+__all__ = [
+    "REMOVABLE_LAYERS",
+    "ZFNet",
+    "ZFNetConfig",
+    "Normalize",
+    "build_zfnet",
+    "zfnet",
+    "zfnet_fashion",
+]
 
 REMOVABLE_LAYERS = ("conv3", "conv4", "conv5", "fc6", "fc7")
 
@@ -92,16 +99,32 @@ class ZFNetConfig:
 
 # 224 -> conv1 110 -> pool1 55 -> conv2 26 -> pool2 13 -> conv3..5 13 -> pool5 6; fc6 9216 inputs.
 ZFNET_IMAGENET = ZFNetConfig(
-    in_channels=3, input_size=224, conv1=(96, 7, 2, 1), conv2=(256, 5, 2, 0),
-    convs=(384, 384, 256), pool_padding=(1, 1, 0), pool5_size=6, fc=(4096, 4096),
-    mean=IMAGENET_MEAN, std=IMAGENET_STD, init="paper",
+    in_channels=3,
+    input_size=224,
+    conv1=(96, 7, 2, 1),
+    conv2=(256, 5, 2, 0),
+    convs=(384, 384, 256),
+    pool_padding=(1, 1, 0),
+    pool5_size=6,
+    fc=(4096, 4096),
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    init="paper",
 )
 
 # 28 -> conv1 28 -> pool1 14 -> conv2 14 -> pool2 7 -> conv3..5 7 -> pool5 3; fc6 has 32*9 inputs.
 ZFNET_FASHION = ZFNetConfig(
-    in_channels=1, input_size=28, conv1=(16, 7, 1, 3), conv2=(32, 5, 1, 2),
-    convs=(48, 48, 32), pool_padding=(1, 1, 0), pool5_size=3, fc=(384, 384),
-    mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, init="kaiming",
+    in_channels=1,
+    input_size=28,
+    conv1=(16, 7, 1, 3),
+    conv2=(32, 5, 1, 2),
+    convs=(48, 48, 32),
+    pool_padding=(1, 1, 0),
+    pool5_size=3,
+    fc=(384, 384),
+    mean=FASHION_MNIST_MEAN,
+    std=FASHION_MNIST_STD,
+    init="kaiming",
 )
 
 
@@ -113,8 +136,14 @@ class ZFNet(nn.Sequential):
     the layers left out (:data:`REMOVABLE_LAYERS`).
     """
 
-    def __init__(self, layers: OrderedDict[str, nn.Module], *, config: ZFNetConfig,
-                 num_classes: int, removed: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        layers: OrderedDict[str, nn.Module],
+        *,
+        config: ZFNetConfig,
+        num_classes: int,
+        removed: tuple[str, ...],
+    ) -> None:
         super().__init__(layers)
         self.config = config
         self.num_classes = num_classes
