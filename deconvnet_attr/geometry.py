@@ -29,9 +29,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.fx import GraphModule, Interpreter, Node, symbolic_trace
+from torch.fx import GraphModule, Interpreter, Node
 
 from deconvnet_attr.state import preserved_state
+from deconvnet_attr.tracing import symbolic_trace
 
 __all__ = [
     "GeometryError",

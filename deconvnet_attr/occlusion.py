@@ -22,11 +22,12 @@ import torch
 from captum._utils.typing import BaselineType, TargetType, TensorOrTupleOfTensorsGeneric
 from captum.attr import Occlusion as CaptumOcclusion
 from torch import Tensor, nn
-from torch.fx import GraphModule, symbolic_trace
+from torch.fx import GraphModule
 from tqdm.auto import tqdm
 
 from deconvnet_attr.geometry import layer_node
 from deconvnet_attr.incremental import IncrementalForward, RunStats
+from deconvnet_attr.tracing import symbolic_trace
 
 __all__ = ["Occlusion", "OcclusionMaps", "OcclusionRun", "occlusion_maps"]
 

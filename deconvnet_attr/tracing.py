@@ -1,0 +1,85 @@
+"""``torch.fx`` tracing without side effects: the one entry point the package traces through.
+
+``torch.fx.symbolic_trace`` patches ``nn.Module.__call__`` and ``__getattr__`` process-wide while
+it traces and runs the model's Python forward on proxies. Used as is, that breaks three promises:
+
+* another thread's plain forward pass (of any model) fails while a trace is under way (its module
+  calls reach the tracer: ``module is not installed as a submodule``);
+* two threads tracing at once restore each other's patches half-way (``'len' is not supported in
+  symbolic tracing``, ``Node output referenced nonexistent value``);
+* a forward that stores Python state (``self.last_features = x``, a call counter) is left holding a
+  ``Proxy`` or a bumped counter.
+
+:func:`symbolic_trace` here fixes all three: its tracer passes calls from other threads straight
+through to the real modules, traces are serialised by one lock (a trace takes milliseconds), and
+every submodule's attributes are restored to what they were before the trace.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from torch import nn
+from torch.fx import GraphModule, Tracer
+
+__all__ = ["symbolic_trace"]
+
+_TRACE_LOCK = threading.Lock()
+
+
+class _ThreadLocalTracer(Tracer):
+    """The default tracer, except that module calls and attribute reads of other threads (which
+    the global patches route here too) run the real module untouched."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._owner = threading.get_ident()
+
+    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        if threading.get_ident() != self._owner:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
+        if threading.get_ident() != self._owner:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+
+def _modules_of(fn: Any) -> list[nn.Module]:
+    owner = fn if isinstance(fn, nn.Module) else getattr(fn, "__self__", None)
+    return list(owner.modules()) if isinstance(owner, nn.Module) else []
+
+
+@contextmanager
+def _attributes_kept(modules: list[nn.Module]) -> Iterator[None]:
+    """Restore each module's instance attributes (added, changed or deleted) on exit."""
+    saved = [(module, dict(vars(module))) for module in modules]
+    try:
+        yield
+    finally:
+        for module, before in saved:
+            current = vars(module)
+            for key in [k for k in current if k not in before]:
+                del current[key]
+            for key, value in before.items():
+                if current.get(key, _MISSING) is not value:
+                    current[key] = value
+
+
+_MISSING = object()
+
+
+def symbolic_trace(fn: nn.Module | Callable[..., Any]) -> GraphModule:
+    """``torch.fx.symbolic_trace(fn)``, thread-safe and leaving ``fn``'s modules as they were.
+
+    Raises whatever ``torch.fx`` raises for an untraceable ``fn``.
+    """
+    with _TRACE_LOCK, _attributes_kept(_modules_of(fn)):
+        tracer = _ThreadLocalTracer()
+        graph = tracer.trace(fn)
+        name = type(fn).__name__ if isinstance(fn, nn.Module) else fn.__name__
+        return GraphModule(tracer.root, graph, name)
