@@ -20,4 +20,4 @@ from .models import zfnet_fashion as zfnet_fashion
 from .occlusion import Occlusion as Occlusion
 from .occlusion import occlusion_maps as occlusion_maps
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -11,7 +11,7 @@ One ``torch.fx`` trace of a network, with every node described by what it does t
 * ``opaque`` -- anything that mixes positions globally or changes the layout (flatten, linear,
   global or adaptive pooling, interpolation, attention, ...), with the reason.
 
-Two users share this description (../shared/ARCHITECTURE.md): :func:`receptive_field`, the input
+Two users share this description: :func:`receptive_field`, the input
 window one unit of a layer sees, and the incremental occlusion engine (``incremental.py``), which
 carries a changed rectangle from the input through the same arithmetic
 (:meth:`Window.affected_outputs`, :meth:`Window.inputs_needed`).
