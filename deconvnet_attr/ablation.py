@@ -22,19 +22,19 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager, nullco
 from dataclasses import dataclass
 
 import torch
-from captum._utils.common import (
+from captum.attr import PerturbationAttribution
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from deconvnet_attr.captum_compat import (
     ExpansionTypes,
+    TargetType,
     _expand_additional_forward_args,
     _expand_target,
     _format_additional_forward_args,
     _format_tensor_into_tuples,
     _run_forward,
 )
-from captum._utils.typing import TargetType
-from captum.attr import PerturbationAttribution
-from torch import Tensor, nn
-from tqdm.auto import tqdm
-
 from deconvnet_attr.tables import RecordTable
 
 from .state import preserved_state

@@ -15,23 +15,22 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
-from captum._utils.common import (
+from captum.attr import GradientAttribution, NeuronAttribution
+from captum.log import log_usage
+from torch import Tensor, nn
+
+from deconvnet_attr.captum_compat import (
+    TargetType,
+    TensorOrTupleOfTensorsGeneric,
     _format_additional_forward_args,
     _format_output,
     _format_tensor_into_tuples,
     _is_tuple,
     _run_forward,
-)
-from captum._utils.gradient import (
     apply_gradient_requirements,
     construct_neuron_grad_fn,
     undo_gradient_requirements,
 )
-from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
-from captum.attr import GradientAttribution, NeuronAttribution
-from captum.log import log_usage
-from torch import Tensor, nn
-
 from deconvnet_attr.intercept import apply_rule
 from deconvnet_attr.rules import DECONVNET
 from deconvnet_attr.state import preserved_state

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from captum._utils.typing import BaselineType, TargetType, TensorOrTupleOfTensorsGeneric
 from captum.attr import Occlusion as CaptumOcclusion
 from torch import Tensor, nn
 from torch.fx import GraphModule
 from tqdm.auto import tqdm
 
+from deconvnet_attr.captum_compat import BaselineType, TargetType, TensorOrTupleOfTensorsGeneric
 from deconvnet_attr.geometry import layer_node
 from deconvnet_attr.incremental import IncrementalForward, RunStats
 from deconvnet_attr.tracing import symbolic_trace
