@@ -15,11 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from deconvnet_attr.mining import (
-    TopActivations,
-    project_top_activations,
-    top_activations_by_layer,
-)
+from deconvnet_attr.mining import TopActivations, top_activations_by_layer
+from deconvnet_attr.projection import project_top_activations
 
 __all__ = ["FeatureEvolution", "feature_evolution"]
 
@@ -61,7 +58,7 @@ def feature_evolution(
         layers: ``{layer name: channels}`` (``None``: all channels); names are resolved in every
             checkpoint. All layers are mined in one pass over ``data`` per checkpoint.
         data: inputs with random access: a tensor ``(N, ...)``, a map-style dataset or a
-            DataLoader over one (see :func:`~deconvnet_attr.mining.project_top_activations`).
+            DataLoader over one (see :func:`~deconvnet_attr.projection.project_top_activations`).
         batch_size: examples per forward pass while mining, seeds per projection batch.
         progress: show progress bars.
 
