@@ -25,9 +25,9 @@ import torch
 from captum.attr import NeuronDeconvolution
 from torch.utils.flop_counter import FlopCounterMode
 
+from deconvnet_attr import project_top_activations, top_activations
 from deconvnet_attr.data import load_eval_subset
 from deconvnet_attr.deconv import DeconvProjection, _deconvnet, _layer_seed
-from deconvnet_attr.mining import project_top_activations, top_activations
 from deconvnet_attr.models import load_reference
 
 

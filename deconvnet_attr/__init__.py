@@ -11,7 +11,6 @@ from .deconv import NeuronDeconvolution as NeuronDeconvolution
 from .geometry import receptive_field as receptive_field
 from .geometry import receptive_field_table as receptive_field_table
 from .mining import TopActivations as TopActivations
-from .mining import project_top_activations as project_top_activations
 from .mining import top_activations as top_activations
 from .models import load_checkpoints as load_checkpoints
 from .models import load_reference as load_reference
@@ -19,5 +18,6 @@ from .models import zfnet as zfnet
 from .models import zfnet_fashion as zfnet_fashion
 from .occlusion import Occlusion as Occlusion
 from .occlusion import occlusion_maps as occlusion_maps
+from .projection import project_top_activations as project_top_activations
 
 __version__ = "0.2.0"

@@ -11,15 +11,16 @@ them. Captum's ``LayerFeatureAblation`` ablates units *inside* one layer; here a
 
 :class:`LayerAblation` measures per example how much the target output drops;
 :func:`ablation_study` measures top-k accuracy over a data set, intact and with each group
-of layers ablated; :func:`accuracy_table` does the same for separately (re)trained models,
-which is how the paper's Table 3 was made.
+of layers ablated (the accuracy bookkeeping lives in :mod:`deconvnet_attr.evaluation`, whose
+:func:`~deconvnet_attr.evaluation.accuracy_table` compares separately (re)trained models, which
+is how the paper's Table 3 was made). Layers are modules of the model or their dotted names;
+the replacing hooks are registered through :func:`deconvnet_attr.taps.forward_hooks`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass
 
 import torch
 from captum.attr import PerturbationAttribution
@@ -35,23 +36,14 @@ from deconvnet_attr.captum_compat import (
     _format_tensor_into_tuples,
     _run_forward,
 )
-from deconvnet_attr.tables import RecordTable
-
-from .state import preserved_state
+from deconvnet_attr.evaluation import AccuracyTable, accuracies, iterate_batches
+from deconvnet_attr.state import preserved_state
+from deconvnet_attr.taps import LayerSpec, display_name, forward_hooks, resolve_layer
 
 Baseline = float | int | str | Callable[[Tensor], Tensor]
-LayerOrGroup = nn.Module | Sequence[nn.Module]
+LayerOrGroup = LayerSpec | Sequence[LayerSpec]
 
-__all__ = [
-    "PAPER_GROUPS",
-    "AccuracyTable",
-    "LayerAblation",
-    "ablated",
-    "ablation_study",
-    "accuracy_table",
-    "iterate_batches",
-    "reference_ablation",
-]
+__all__ = ["PAPER_GROUPS", "LayerAblation", "ablated", "ablation_study", "reference_ablation"]
 
 
 def _check_baselines(baselines: object) -> None:
@@ -68,22 +60,26 @@ def _check_baselines(baselines: object) -> None:
         )
 
 
-def _as_group(entry: LayerOrGroup, where: str) -> tuple[nn.Module, ...]:
-    """One ablation = one module or a tuple/list of modules ablated together."""
-    group = (entry,) if isinstance(entry, nn.Module) else tuple(entry)
-    if not group or not all(isinstance(m, nn.Module) for m in group):
-        raise TypeError(f"{where} must be an nn.Module or a non-empty list of them; got {entry!r}")
-    return group
+def _as_group(model: object, entry: LayerOrGroup, where: str) -> dict[nn.Module, str]:
+    """One ablation = one layer or a tuple/list of layers ablated together: module -> label.
 
-
-def _names(model: object) -> dict[int, str]:
-    if not isinstance(model, nn.Module):
-        return {}
-    return {id(m): name or "<model>" for name, m in model.named_modules(remove_duplicate=False)}
-
-
-def _label(names: Mapping[int, str], module: nn.Module) -> str:
-    return names.get(id(module), type(module).__name__)
+    Layers are resolved in ``model`` when it is an ``nn.Module`` (a module of it or a dotted
+    name); a plain function wrapping a model can only be given modules, unchecked.
+    """
+    group = (entry,) if isinstance(entry, nn.Module | str) else tuple(entry)
+    if not group or not all(isinstance(m, nn.Module | str) for m in group):
+        raise TypeError(
+            f"{where} must be a layer (module or dotted name) or a non-empty list of them; "
+            f"got {entry!r}"
+        )
+    if isinstance(model, nn.Module):
+        resolved = [resolve_layer(model, layer) for layer in group]
+        return {module: display_name(model, name) for name, module in resolved}
+    if any(isinstance(layer, str) for layer in group):
+        raise TypeError(
+            f"{where}={entry!r}: layer names need forward_func to be the model (an nn.Module)"
+        )
+    return {module: type(module).__name__ for module in group}
 
 
 class _Splice:
@@ -98,7 +94,7 @@ class _Splice:
         self,
         rows: Mapping[nn.Module, list[slice]],
         baselines: Baseline,
-        names: Mapping[int, str],
+        names: Mapping[nn.Module, str],
         batch: int | None = None,
     ) -> None:
         self.rows, self.baselines, self.names, self.batch = rows, baselines, names, batch
@@ -107,13 +103,13 @@ class _Splice:
 
     def _pre_hook(self, module: nn.Module, args: tuple) -> None:
         # "identity" needs the input as it was before the layer ran (in-place layers overwrite it)
-        name = _label(self.names, module)
+        name = self.names[module]
         if not args or not isinstance(args[0], Tensor):
             raise ValueError(f"baselines='identity' needs a tensor input to layer {name!r}")
         self._saved[id(module)] = [args[0][sl].clone() for sl in self.rows[module]]
 
     def _hook(self, module: nn.Module, args: tuple, output: object) -> Tensor:
-        name = _label(self.names, module)
+        name = self.names[module]
         self.called.add(id(module))
         if not isinstance(output, Tensor):
             raise TypeError(
@@ -151,20 +147,15 @@ class _Splice:
 
     @contextmanager
     def applied(self) -> Iterator[_Splice]:
-        handles = []
+        pre_hook = self._pre_hook if isinstance(self.baselines, str) else None
         try:
-            for module in self.rows:
-                if isinstance(self.baselines, str):
-                    handles.append(module.register_forward_pre_hook(self._pre_hook))
-                handles.append(module.register_forward_hook(self._hook))
-            yield self
+            with forward_hooks(list(self.rows), self._hook, pre_hook):
+                yield self
         finally:
-            for handle in handles:
-                handle.remove()
             self._saved.clear()
 
     def check_called(self) -> None:
-        missing = [_label(self.names, m) for m in self.rows if id(m) not in self.called]
+        missing = [self.names[m] for m in self.rows if id(m) not in self.called]
         if missing:
             raise ValueError(f"layers {missing} were not called during the forward pass")
 
@@ -175,7 +166,8 @@ def ablated(
 ) -> Iterator[nn.Module]:
     """Context manager: inside it, ``model``'s ``layers`` are ablated for every example.
 
-    ``layers`` is one module or a list of modules of ``model``, ablated together;
+    ``layers`` is one layer or a list of layers of ``model`` (modules or dotted names), ablated
+    together;
     ``baselines`` as in :meth:`LayerAblation.attribute`. Hooks are removed on exit (also on
     error); nothing else about the model changes.
 
@@ -185,20 +177,10 @@ def ablated(
             logits = model(images)
     """
     _check_baselines(baselines)
-    group = _as_group(layers, "layers")
-    names = _names(model)
-    _check_membership(model, group, names)
-    splice = _Splice({m: [slice(None)] for m in group}, baselines, names)
+    group = _as_group(model, layers, "layers")
+    splice = _Splice({m: [slice(None)] for m in group}, baselines, group)
     with splice.applied():
         yield model
-
-
-def _check_membership(model: object, group: Iterable[nn.Module], names: Mapping[int, str]) -> None:
-    if not isinstance(model, nn.Module):
-        return
-    for module in group:
-        if id(module) not in names:
-            raise ValueError(f"layer {module!r} is not a submodule of the model")
 
 
 class LayerAblation(PerturbationAttribution):
@@ -206,24 +188,26 @@ class LayerAblation(PerturbationAttribution):
 
     For each example and each entry of ``layers``, the attribution is the target output of
     the intact model minus the target output when that entry's output is replaced (see
-    ``baselines`` in :meth:`attribute`). An entry is one module or a list of modules ablated
-    together (e.g. ``[model.fc6, model.fc7]``). A module called several times in one forward
-    pass is ablated at every call.
+    ``baselines`` in :meth:`attribute`). An entry is one layer or a list of layers ablated
+    together (e.g. ``[model.fc6, model.fc7]`` or ``["fc6", "fc7"]``). A module called several
+    times in one forward pass is ablated at every call.
 
     Args:
         forward_func (Callable or torch.nn.Module): the model or a function wrapping it; its
             output, after target selection, must hold one value per example.
-        layers (list): modules of the model (or lists of modules), one attribution column each.
+        layers (list): layers of the model (modules, or dotted names when ``forward_func`` is
+            the model) or lists of them, one attribution column each.
     """
 
     def __init__(self, forward_func: Callable, layers: Sequence[LayerOrGroup]) -> None:
         PerturbationAttribution.__init__(self, forward_func)
-        if isinstance(layers, nn.Module) or not isinstance(layers, Sequence) or not layers:
+        if isinstance(layers, nn.Module | str) or not isinstance(layers, Sequence) or not layers:
             raise TypeError(f"layers must be a non-empty list of modules; got {layers!r}")
         self.layers = list(layers)
-        self._groups = [_as_group(entry, f"layers[{i}]") for i, entry in enumerate(layers)]
-        self._names = _names(forward_func)
-        _check_membership(forward_func, (m for g in self._groups for m in g), self._names)
+        self._groups = [
+            _as_group(forward_func, entry, f"layers[{i}]") for i, entry in enumerate(layers)
+        ]
+        self._names = {m: label for group in self._groups for m, label in group.items()}
 
     def _target_output(
         self, inputs: tuple[Tensor, ...], target: TargetType, args: tuple | None, rows: int
@@ -304,62 +288,11 @@ class LayerAblation(PerturbationAttribution):
         return torch.cat(columns, dim=1)
 
 
-@dataclass(frozen=True)
-class AccuracyTable(RecordTable):
-    """Top-k accuracies (in %) of several configurations on one data set.
-
-    ``rows`` is a list of ``(configuration, {k: accuracy_percent})``; the first row is the
-    reference (the intact model) that the "drop" columns are measured against.
-    """
-
-    rows: list[tuple[str, dict[int, float]]]
-    n_examples: int
-
-    @property
-    def topk(self) -> tuple[int, ...]:
-        return tuple(self.rows[0][1])
-
-    def _records(self) -> list[list[str]]:
-        reference = self.rows[0][1]
-        header = ["configuration"]
-        header += [f"top-{k} acc (%)" for k in self.topk]
-        header += [f"top-{k} drop (pp)" for k in self.topk]
-        body = [
-            [name]
-            + [f"{acc[k]:.2f}" for k in self.topk]
-            + [f"{reference[k] - acc[k]:.2f}" for k in self.topk]
-            for name, acc in self.rows
-        ]
-        return [header, *body]
-
-
-def iterate_batches(
-    data: tuple[Tensor, Tensor] | Iterable[tuple[Tensor, Tensor]], batch_size: int = 256
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield ``(inputs, labels)`` batches from a ``(X, y)`` tensor pair or any batch iterable
-    (e.g. a ``DataLoader``)."""
-    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
-        x, y = data
-        if len(x) != len(y):
-            raise ValueError(f"inputs and labels differ in length: {len(x)} vs {len(y)}")
-        for start in range(0, len(x), batch_size):
-            yield x[start : start + batch_size], y[start : start + batch_size]
-    else:
-        yield from data
-
-
-def _topk_hits(logits: Tensor, labels: Tensor, topk: Sequence[int]) -> dict[int, int]:
-    if max(topk) > logits.shape[1]:
-        raise ValueError(f"topk {tuple(topk)} exceeds the number of classes {logits.shape[1]}")
-    ranked = logits.topk(max(topk), dim=1).indices
-    hit = ranked == labels.to(ranked.device).unsqueeze(1)
-    return {k: int(hit[:, :k].any(dim=1).sum()) for k in topk}
-
-
 def _layer_means(
     model: nn.Module, data: object, layers: Sequence[nn.Module], batch_size: int, device: object
 ) -> dict[nn.Module, Tensor]:
-    """Mean output of each layer over the data set (mean over examples, all other dims kept)."""
+    """Mean output of each layer over the data set (mean over examples, all other dims kept;
+    a layer called several times per forward pass sums every call, as it is ablated at each)."""
     sums: dict[nn.Module, Tensor] = {}
     count = 0
 
@@ -367,15 +300,10 @@ def _layer_means(
         total = output.double().sum(dim=0)
         sums[module] = sums[module] + total if module in sums else total
 
-    handles = [m.register_forward_hook(hook) for m in dict.fromkeys(layers)]
-    try:
-        with preserved_state(model):
-            for x, _ in iterate_batches(data, batch_size):
-                model(x.to(device))
-                count += len(x)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with forward_hooks(layers, hook), preserved_state(model):
+        for x, _ in iterate_batches(data, batch_size):
+            model(x.to(device))
+            count += len(x)
     return {m: s / count for m, s in sums.items()}
 
 
@@ -394,8 +322,9 @@ def ablation_study(
         model: a classifier returning logits (N, classes); it is evaluated as it is (call
             ``model.eval()`` first for dropout/batch-norm inference behaviour).
         data: ``(inputs, labels)`` tensors or an iterable of such batches.
-        groups: configuration name -> module or list of modules ablated together, e.g.
-            ``{"fc6+fc7": [model.fc6, model.fc7]}``.
+        groups: configuration name -> layer or list of layers (modules or dotted names)
+            ablated together, e.g. ``{"fc6+fc7": [model.fc6, model.fc7]}`` or
+            ``{"fc6+fc7": ["fc6", "fc7"]}``.
         baselines: as in :meth:`LayerAblation.attribute`, or ``"mean"``: each layer's output
             is replaced by its mean over ``data`` (mean ablation; one extra pass).
         topk: the k of the top-k accuracies.
@@ -408,10 +337,7 @@ def ablation_study(
     mean = isinstance(baselines, str) and baselines == "mean"
     if not mean:
         _check_baselines(baselines)
-    resolved = {name: _as_group(g, f"groups[{name!r}]") for name, g in groups.items()}
-    names = _names(model)
-    for group in resolved.values():
-        _check_membership(model, group, names)
+    resolved = {name: tuple(_as_group(model, g, f"groups[{name!r}]")) for name, g in groups.items()}
     if mean:
         layers = [m for g in resolved.values() for m in g]
         device = next(model.parameters()).device
@@ -433,52 +359,7 @@ def ablation_study(
 
     configurations = {"intact": (model, nullcontext)}
     configurations |= {name: (model, configuration(g)) for name, g in resolved.items()}
-    return _accuracies(configurations, data, topk, batch_size, show_progress)
-
-
-def accuracy_table(
-    models: Mapping[str, nn.Module],
-    data: tuple[Tensor, Tensor] | Iterable[tuple[Tensor, Tensor]],
-    topk: Sequence[int] = (1, 5),
-    batch_size: int = 256,
-    show_progress: bool = False,
-) -> AccuracyTable:
-    """Top-k accuracy of several models (e.g. intact and retrained variants) on one data set.
-
-    The first model is the reference for the "drop" columns. Data as in :func:`ablation_study`.
-    """
-    if not models:
-        raise ValueError("models is empty")
-    configurations = {name: (m, nullcontext) for name, m in models.items()}
-    return _accuracies(configurations, data, topk, batch_size, show_progress)
-
-
-def _accuracies(
-    configurations: Mapping[str, tuple[nn.Module, Callable[[], AbstractContextManager]]],
-    data: tuple[Tensor, Tensor] | Iterable[tuple[Tensor, Tensor]],
-    topk: Sequence[int],
-    batch_size: int,
-    show_progress: bool,
-) -> AccuracyTable:
-    """One pass over ``data``; each batch goes through every (model, context) configuration."""
-    hits = {name: dict.fromkeys(topk, 0) for name in configurations}
-    count = 0
-    batches = tqdm(iterate_batches(data, batch_size), desc="accuracy", disable=not show_progress)
-    with torch.no_grad(), ExitStack() as stack:
-        for model in {id(m): m for m, _ in configurations.values()}.values():
-            stack.enter_context(preserved_state(model))
-        for x, y in batches:
-            count += len(x)
-            for name, (model, context) in configurations.items():
-                device = next(model.parameters()).device
-                with context():
-                    logits = model(x.to(device))
-                for k, h in _topk_hits(logits, y, topk).items():
-                    hits[name][k] += h
-    if count == 0:
-        raise ValueError("data yielded no examples")
-    rows = [(name, {k: 100.0 * h / count for k, h in hk.items()}) for name, hk in hits.items()]
-    return AccuracyTable(rows, count)
+    return accuracies(configurations, data, topk, batch_size, show_progress)
 
 
 # The layer groups of the paper's Table 3 ("removed layers ..."), by ZFNet child name.
@@ -506,8 +387,5 @@ def reference_ablation(
     from .models.reference import load_reference
 
     model = load_reference()
-    resolved = {
-        name: [model.get_submodule(layer) for layer in layers]
-        for name, layers in (PAPER_GROUPS if groups is None else groups).items()
-    }
-    return ablation_study(model, load_eval_subset() if data is None else data, resolved, baselines)
+    chosen = PAPER_GROUPS if groups is None else groups
+    return ablation_study(model, load_eval_subset() if data is None else data, chosen, baselines)

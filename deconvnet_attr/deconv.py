@@ -34,12 +34,9 @@ from deconvnet_attr.captum_compat import (
 from deconvnet_attr.intercept import apply_rule
 from deconvnet_attr.rules import DECONVNET
 from deconvnet_attr.state import preserved_state
+from deconvnet_attr.taps import LayerSpec, Taps, display_name, resolve_layer
 
 NeuronSpec = Literal["max", "all"] | Tensor
-
-
-class _StopForward(Exception):
-    """Raised by the layer hook once the projected layer has run: later layers are not needed."""
 
 
 @contextmanager
@@ -192,19 +189,20 @@ class DeconvProjection(GradientAttribution):
 
     Args:
         model: the network (``nn.Module``).
-        layer: ``None`` to project the model output ``target``; or a module of ``model`` whose
-            output (N, C, ...) is projected, ``target`` then naming the channel. The module's
-            first call in the forward pass is the one projected.
+        layer: ``None`` to project the model output ``target``; or a module of ``model`` (or its
+            dotted name, ``"layer4"``) whose output (N, C, ...) is projected, ``target`` then
+            naming the channel. The module's first call in the forward pass is the one projected.
     """
 
-    def __init__(self, model: nn.Module, layer: nn.Module | None = None) -> None:
+    def __init__(self, model: nn.Module, layer: LayerSpec | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        if layer is not None and not any(m is layer for m in model.modules()):
-            raise ValueError(f"layer {layer!r} is not a module of the model")
         GradientAttribution.__init__(self, model)
         self.model = model
-        self.layer = layer
+        self.layer: nn.Module | None = None
+        if layer is not None:
+            name, self.layer = resolve_layer(model, layer)
+            self.layer_name = display_name(model, name)
 
     @log_usage()
     def attribute(
@@ -260,31 +258,11 @@ class DeconvProjection(GradientAttribution):
 
     def _layer_output(self, inputs: tuple[Tensor, ...], additional_forward_args: Any) -> Tensor:
         """Run the forward pass up to (and including) the layer's first call; return its output."""
-        captured: list[Tensor] = []
-
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            captured.append(output)
-            raise _StopForward
-
-        handle = self.layer.register_forward_hook(hook)
-        try:
-            extra = _format_additional_forward_args(additional_forward_args) or ()
-            self.forward_func(*inputs, *extra)
-        except _StopForward:
-            pass
-        finally:
-            handle.remove()
-        if not captured:
-            raise ValueError(f"layer {self.layer!r} was not called in the forward pass")
-        act = captured[0]
-        if not isinstance(act, Tensor) or act.dim() < 2:
-            shape = tuple(act.shape) if isinstance(act, Tensor) else type(act).__name__
-            raise ValueError(
-                f"layer output {shape} is not a tensor of rank >= 2 (N, C, ...): no channel to "
-                "project"
-            )
+        extra = _format_additional_forward_args(additional_forward_args) or ()
+        taps = Taps(self.model, [self.layer], stop=True, min_dim=2)
+        act = taps.run(lambda: self.forward_func(*inputs, *extra)).outputs[self.layer_name]
         if not act.requires_grad:
-            raise ValueError(f"layer {self.layer!r} output does not depend on the inputs")
+            raise ValueError(f"layer {self.layer_name!r} output does not depend on the inputs")
         return act
 
     @property

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.fx import GraphModule, Interpreter, Node
 
 from deconvnet_attr.state import preserved_state
+from deconvnet_attr.taps import LayerSpec, resolve_layer
 from deconvnet_attr.tracing import symbolic_trace
 
 __all__ = [
@@ -596,20 +597,10 @@ def _propagate(net: TracedNet, source: Node) -> dict[Node, ReceptiveField | str]
     return fields
 
 
-def layer_node(module: GraphModule, model: nn.Module, layer: nn.Module | str) -> tuple[str, Node]:
+def layer_node(module: GraphModule, model: nn.Module, layer: LayerSpec) -> tuple[str, Node]:
     """``layer``'s qualified name in ``model`` and the node of ``model``'s trace ``module`` that
     holds its output (its last call if it runs several times)."""
-    if isinstance(layer, str):
-        name = layer
-        try:
-            model.get_submodule(name)
-        except AttributeError as error:
-            raise ValueError(f"layer {layer!r} is not a submodule of the model") from error
-    else:
-        names = [n for n, m in model.named_modules() if m is layer]
-        if not names:
-            raise ValueError(f"layer {type(layer).__name__} is not a submodule of the model")
-        name = names[0]
+    name, _ = resolve_layer(model, layer)
     nodes = list(module.graph.nodes)
     if name == "":
         return name, next(n for n in nodes if n.op == "output").args[0]

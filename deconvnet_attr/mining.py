@@ -3,33 +3,27 @@
 For every channel of a layer's output, :func:`top_activations` finds the ``k`` images of a data set
 whose strongest unit in that channel's map is largest, and where in the map that unit sits. It makes
 one streaming pass (memory is ``O(C * (k + batch))`` whatever the data-set size) and, under
-``torchrun``, mines each rank's shard and merges the per-rank results exactly.
+``torchrun``, mines each rank's shard and merges the per-rank results exactly. The layers are read
+through :class:`~deconvnet_attr.taps.Taps`, the forward of each batch stopping after the last one.
 
-:func:`project_top_activations` then projects all those units to pixel space through
-:class:`~deconvnet_attr.deconv.DeconvProjection`, many (image, channel, location) seeds per
-forward/backward pass.
+Projecting the mined units to pixel space is :mod:`deconvnet_attr.projection`'s job.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-__all__ = [
-    "TopActivations",
-    "project_top_activations",
-    "receptive_field_patches",
-    "resolve_layer",
-    "top_activations",
-    "top_activations_by_layer",
-]
+from deconvnet_attr.taps import LayerSpec, Taps
+
+__all__ = ["TopActivations", "top_activations", "top_activations_by_layer"]
 
 
 @dataclass(frozen=True)
@@ -52,63 +46,6 @@ class TopActivations:
     indices: Tensor
     locations: Tensor
     channels: Tensor
-
-
-def resolve_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:
-    """Return ``layer`` itself, or the submodule of ``model`` named ``layer`` (e.g. ``"conv5"``)."""
-    if isinstance(layer, nn.Module):
-        if not any(m is layer for m in model.modules()):
-            raise ValueError(f"layer {layer!r} is not a submodule of the model")
-        return layer
-    if isinstance(layer, str):
-        try:
-            return model.get_submodule(layer)
-        except AttributeError as err:
-            names = [n for n, _ in model.named_modules() if n]
-            raise ValueError(f"model has no submodule {layer!r}; available: {names}") from err
-    raise TypeError(f"layer must be an nn.Module or a submodule name, got {type(layer).__name__}")
-
-
-class ReceptiveFieldLike(Protocol):
-    """What :func:`receptive_field_patches` needs of a receptive field: (height, width) pairs."""
-
-    size: tuple[int, int]
-    stride: tuple[int, int]
-    offset: tuple[int, int]
-
-
-class _StopForward(Exception):
-    """Raised by the capture hook: nothing after the mined layer needs computing."""
-
-
-def _layer_outputs(model: nn.Module, layers: Sequence[nn.Module], inputs: Tensor) -> list[Tensor]:
-    """Run ``model`` on ``inputs`` until every layer has run; their (first-call) outputs."""
-    captured: dict[int, Tensor] = {}
-
-    def hook_for(position: int):
-        def hook(_module: nn.Module, _args: object, output: object) -> None:
-            if position in captured:
-                return
-            if not isinstance(output, Tensor):
-                raise TypeError(f"layer output must be a tensor, got {type(output).__name__}")
-            captured[position] = output
-            if len(captured) == len(layers):
-                raise _StopForward
-
-        return hook
-
-    handles = [layer.register_forward_hook(hook_for(i)) for i, layer in enumerate(layers)]
-    try:
-        model(inputs)
-    except _StopForward:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
-    missing = [layers[i] for i in range(len(layers)) if i not in captured]
-    if missing:
-        raise RuntimeError(f"layers {missing} were not called during the model's forward pass")
-    return [captured[i] for i in range(len(layers))]
 
 
 def _inputs_of(batch: object) -> Tensor:
@@ -212,7 +149,7 @@ def _merge_ranks(values: Tensor, indices: Tensor, locations: Tensor, k: int) -> 
 
 def top_activations(
     model: nn.Module,
-    layer: nn.Module | str,
+    layer: LayerSpec,
     data: Tensor | Iterable,
     k: int = 9,
     channels: Sequence[int] | Tensor | None = None,
@@ -249,12 +186,12 @@ def top_activations(
         ``DataLoader`` with a ``DistributedSampler`` and ``indices`` are then the data-set indices
         its sampler yields.
     """
-    return _mine(model, [layer], data, k, [channels], batch_size, progress)[0]
+    return next(iter(_mine(model, [layer], data, k, [channels], batch_size, progress).values()))
 
 
 def top_activations_by_layer(
     model: nn.Module,
-    layers: Sequence[str] | Mapping[str, Sequence[int] | Tensor | None],
+    layers: Sequence[LayerSpec] | Mapping[Any, Sequence[int] | Tensor | None],
     data: Tensor | Iterable,
     k: int = 9,
     *,
@@ -264,37 +201,38 @@ def top_activations_by_layer(
     """:func:`top_activations` for several layers in one pass over ``data``.
 
     Args:
-        layers: layer names, or a mapping from layer name to the channels to mine (``None``: all).
+        layers: layers (modules of ``model`` or their dotted names), or a mapping from layer to
+            the channels to mine (``None``: all).
         model, data, k, batch_size, progress: as in :func:`top_activations`; the forward pass of
             each batch stops after the last of the layers has run.
 
     Returns:
-        ``{name: TopActivations}`` in the order of ``layers``.
+        ``{dotted layer name: TopActivations}`` in the order of ``layers``.
     """
     if isinstance(layers, str):
         raise TypeError(f"layers must be a sequence or mapping of names, not the string {layers!r}")
     wanted = dict(layers) if isinstance(layers, Mapping) else dict.fromkeys(layers)
     if not wanted:
         raise ValueError("layers is empty")
-    mined = _mine(model, list(wanted), data, k, list(wanted.values()), batch_size, progress)
-    return dict(zip(wanted, mined, strict=True))
+    return _mine(model, list(wanted), data, k, list(wanted.values()), batch_size, progress)
 
 
 def _mine(
     model: nn.Module,
-    layers: Sequence[nn.Module | str],
+    layers: Sequence[LayerSpec],
     data: Tensor | Iterable,
     k: int,
     channels: Sequence[Sequence[int] | Tensor | None],
     batch_size: int,
     progress: bool,
-) -> list[TopActivations]:
-    """The streaming top-k of each of ``layers`` (with its ``channels``), one pass over ``data``."""
+) -> dict[str, TopActivations]:
+    """The streaming top-k of each of ``layers`` (with its ``channels``), one pass over ``data``;
+    keyed by the layers' dotted names."""
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    modules = [resolve_layer(model, layer) for layer in layers]
+    taps = Taps(model, layers, stop=True, min_dim=2)
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -308,13 +246,8 @@ def _mine(
         ):
             if len(inputs) == 0:
                 continue
-            outputs = _layer_outputs(model, modules, inputs.to(device))
-            for i, out in enumerate(outputs):
-                if out.dim() < 2:
-                    raise ValueError(
-                        f"output of layer {layers[i]!r} must be (N, C, ...), got shape "
-                        f"{tuple(out.shape)}"
-                    )
+            outputs = taps(inputs.to(device))
+            for i, out in enumerate(outputs[name] for name in taps.names):
                 if len(chosen) == i:
                     chosen.append(_channels(channels[i], out.shape[1]))
                 candidates = _candidates(out, chosen[i], positions)
@@ -330,7 +263,8 @@ def _mine(
         best = [_merge_ranks(*b, k) for b in best]
     if not best:
         raise ValueError("data is empty: no batches to mine")
-    return [TopActivations(*b, c) for b, c in zip(best, chosen, strict=True)]
+    names = [name for name, _ in taps.resolved]
+    return {n: TopActivations(*b, c) for n, b, c in zip(names, best, chosen, strict=True)}
 
 
 def _candidates(out: Tensor, chosen: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -371,142 +305,10 @@ def _unravel(flat_index: Tensor, shape: Sequence[int]) -> Tensor:
     )
 
 
-def _dataset_of(data: Tensor | Dataset | DataLoader) -> Tensor | Dataset:
-    """The indexable data behind ``data``: a DataLoader's data set, else ``data`` itself."""
-    return data.dataset if isinstance(data, DataLoader) else data
+def __getattr__(name: str) -> Any:
+    # Transitional: these moved to deconvnet_attr.projection; old imports from mining still work.
+    if name in ("project_top_activations", "receptive_field_patches"):
+        from deconvnet_attr import projection
 
-
-def _examples(data: Tensor | Dataset | DataLoader, indices: Tensor) -> Tensor:
-    """Input tensors ``(len(indices), ...)`` of a tensor, a map-style data set or a DataLoader's."""
-    dataset = _dataset_of(data)
-    if isinstance(dataset, TensorDataset):
-        dataset = dataset.tensors[0]
-    if isinstance(dataset, Tensor):
-        return dataset[indices]
-    if not hasattr(dataset, "__getitem__"):
-        raise TypeError(
-            "projection needs random access to the mined examples: pass a tensor, a map-style "
-            f"Dataset or a DataLoader over one, got {type(data).__name__}"
-        )
-    return torch.stack([_inputs_of(dataset[int(i)]) for i in indices])
-
-
-def project_top_activations(
-    model: nn.Module,
-    layer: nn.Module | str,
-    data: Tensor | Dataset | DataLoader,
-    top: TopActivations,
-    *,
-    batch_size: int = 64,
-    progress: bool = True,
-) -> Tensor:
-    """Project every mined unit of ``top`` to pixel space with the deconvnet, in batches.
-
-    Each (image, channel, location) seed becomes one row of a batch given to
-    :meth:`DeconvProjection.attribute` with ``neuron=locations``, so a batch of ``batch_size``
-    seeds costs one forward and one backward pass.
-
-    Args:
-        model, layer: as given to :func:`top_activations`.
-        data: the mined data, with random access: a tensor ``(N, ...)``, a map-style ``Dataset``
-            (items are tensors or ``(input, label, ...)`` tuples) or a ``DataLoader`` over one.
-        top: the result of :func:`top_activations` on ``data``.
-        batch_size: seeds per forward/backward pass.
-        progress: show a tqdm progress bar.
-
-    Returns:
-        ``(C, k, *input_shape)`` — ``[c, j]`` is the projection of the unit
-        ``top.locations[c, j]`` of channel ``top.channels[c]`` for image ``top.indices[c, j]``.
-    """
-    from .deconv import DeconvProjection
-
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    module = resolve_layer(model, layer)
-    num_channels, k = top.indices.shape
-    seed_channels = top.channels[:, None].expand(num_channels, k).reshape(-1)
-    seed_images = top.indices.reshape(-1)
-    dataset = _dataset_of(data)
-    size = len(dataset) if hasattr(dataset, "__len__") else None
-    if size is not None and len(seed_images) and int(seed_images.max()) >= size:
-        raise ValueError(
-            f"top refers to data-set position {int(seed_images.max())} but data holds {size} "
-            "examples: project with the data that top_activations mined"
-        )
-    seed_locations = top.locations.reshape(num_channels * k, -1)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    projector = DeconvProjection(model, module)
-
-    pieces = []
-    for start in tqdm(
-        range(0, len(seed_images), batch_size), desc="projections", disable=not progress
-    ):
-        stop = start + batch_size
-        images = _examples(data, seed_images[start:stop])
-        try:
-            projected = projector.attribute(
-                images.to(device),
-                target=seed_channels[start:stop].tolist(),
-                neuron=seed_locations[start:stop].to(device),
-            )
-        except ValueError as err:  # out-of-range channels or locations: top is from elsewhere
-            raise ValueError(f"{err} (was top mined on this layer of this model?)") from err
-        pieces.append(projected.detach().cpu())
-    if not pieces:
-        raise ValueError("top holds no mined units to project")
-    projections = torch.cat(pieces)
-    return projections.reshape(num_channels, k, *projections.shape[1:])
-
-
-def receptive_field_patches(
-    images: Tensor, locations: Tensor, receptive_field: ReceptiveFieldLike, fill: float = 0.0
-) -> Tensor:
-    """Cut out of each image the receptive field of one unit of a layer's output map.
-
-    Args:
-        images: ``(M, C, H, W)`` — input images, or their projections.
-        locations: ``(M, 2)`` — (row, col) of the unit in the layer's output map, as in
-            :attr:`TopActivations.locations`.
-        receptive_field: the layer's receptive field, as returned by
-            :func:`deconvnet_attr.receptive_field`: ``.size``, ``.stride``, ``.offset``, each a
-            (height, width) pair; the unit at (i, j) sees rows ``offset[0] + i * stride[0]`` to
-            ``offset[0] + i * stride[0] + size[0] - 1``, likewise columns.
-        fill: value for the part of a field that lies outside the image (e.g. 0 for projections,
-            NaN for images so that it is drawn as background).
-
-    Returns:
-        ``(M, C, h, w)`` with ``h = size[0]`` when the field is smaller than the image and
-        ``h = H`` (the whole image) otherwise; likewise ``w``.
-    """
-    if images.dim() != 4 or locations.shape != (images.shape[0], 2):
-        raise ValueError(
-            f"need images (M, C, H, W) and locations (M, 2), got {tuple(images.shape)} and "
-            f"{tuple(locations.shape)}"
-        )
-    height, width = images.shape[2:]
-    patches = images.new_full((*images.shape[:2], *_window(receptive_field, height, width)), fill)
-    for m, (i, j) in enumerate(locations.tolist()):
-        rows = _span(receptive_field, 0, i, height)
-        cols = _span(receptive_field, 1, j, width)
-        src_r, src_c = (
-            slice(max(rows[0], 0), min(rows[1], height)),
-            slice(max(cols[0], 0), min(cols[1], width)),
-        )
-        dst_r = slice(src_r.start - rows[0], src_r.stop - rows[0])
-        dst_c = slice(src_c.start - cols[0], src_c.stop - cols[0])
-        patches[m, :, dst_r, dst_c] = images[m, :, src_r, src_c]
-    return patches
-
-
-def _window(receptive_field: ReceptiveFieldLike, height: int, width: int) -> tuple[int, int]:
-    size = receptive_field.size
-    return (min(int(size[0]), height), min(int(size[1]), width))
-
-
-def _span(field: ReceptiveFieldLike, dim: int, index: int, extent: int) -> tuple[int, int]:
-    """Half-open input range shown for unit ``index`` along ``dim``: its field, or the image."""
-    size = int(field.size[dim])
-    if size >= extent:
-        return 0, extent
-    start = int(field.offset[dim]) + index * int(field.stride[dim])
-    return start, start + size
+        return getattr(projection, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from deconvnet_attr.captum_compat import BaselineType, TargetType, TensorOrTupleOfTensorsGeneric
 from deconvnet_attr.geometry import layer_node
 from deconvnet_attr.incremental import IncrementalForward, RunStats
+from deconvnet_attr.taps import LayerSpec, Taps, resolve_layer
 from deconvnet_attr.tracing import symbolic_trace
 
 __all__ = ["Occlusion", "OcclusionMaps", "OcclusionRun", "occlusion_maps"]
@@ -143,35 +144,30 @@ def _two(value: int | tuple[int, int], name: str) -> tuple[int, int]:
     return pair
 
 
-def _probe(model: nn.Module, layer: nn.Module | str) -> tuple[Callable[..., Any], str]:
-    """A callable returning ``(model output, layer output)`` and the layer's name.
+def _probe(model: nn.Module, layer: LayerSpec) -> tuple[Callable[..., Any], str]:
+    """A callable returning ``(model output, layer output)`` and the layer's dotted name.
 
     A traceable model gets a graph with both outputs, which the incremental engine evaluates;
-    otherwise a forward hook collects the layer output of plain forward passes.
+    otherwise a tap reads the layer output of plain forward passes. Either way the layer's last
+    call in the forward pass is the one read.
     """
+    name, module = resolve_layer(model, layer)
     try:
         traced = symbolic_trace(model)
-    except Exception:  # untraceable: hooks on the real forward pass
+    except Exception:  # untraceable: taps on the real forward pass
         traced = None
     if traced is not None:
-        name, node = layer_node(traced, model, layer)
+        name, node = layer_node(traced, model, module)
         output = next(n for n in traced.graph.nodes if n.op == "output")
         output.args = ((output.args[0], node),)
         return GraphModule(traced, traced.graph), name
-    names = [n for n, m in model.named_modules() if m is layer or n == layer]
-    if not names:
-        raise ValueError(f"layer {layer!r} is not a submodule of the model")
-    module = model.get_submodule(names[0])
+    taps = Taps(model, [module], call="last")
 
     def probe(x: Tensor) -> tuple[Any, Tensor]:
-        seen = {}
-        handle = module.register_forward_hook(lambda m, a, o: seen.update(out=o))
-        try:
-            return model(x), seen["out"]
-        finally:
-            handle.remove()
+        captured = taps.run(lambda: model(x))
+        return captured.result, captured.outputs[taps.names[0]]
 
-    return probe, names[0]
+    return probe, name
 
 
 def occlusion_maps(
@@ -179,7 +175,7 @@ def occlusion_maps(
     image: Tensor,
     window: int | tuple[int, int],
     stride: int | tuple[int, int],
-    layer: nn.Module | str,
+    layer: LayerSpec,
     target: int | None = None,
     baseline: float | Tensor = 0.0,
     perturbations_per_eval: int = 32,

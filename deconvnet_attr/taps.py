@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
@@ -31,6 +31,12 @@ PreHook = Callable[[nn.Module, tuple], Any]
 
 class LayerError(ValueError):
     """A layer that is not part of the model, given twice, or not called by its forward pass."""
+
+
+class LayerCallError(LayerError, RuntimeError):
+    """A tapped layer that the forward pass did not call, called more than once (``once=True``)
+    or that returned something else than the tensor asked for: found only while the model runs,
+    hence also a ``RuntimeError``."""
 
 
 def _suggest(model: nn.Module, wanted: str) -> str:
@@ -62,7 +68,8 @@ def resolve_layer(model: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
                 return name, module
         label = type(layer).__name__
         raise LayerError(
-            f"layer {label} ({_short(layer)}) is not a submodule of {type(model).__name__}"
+            f"layer {label} ({_short(layer)}) is not a submodule of {type(model).__name__} "
+            "(not a module of the model, not part of the model's module tree)"
             + _suggest(model, label.lower())
         )
     raise TypeError(
@@ -133,7 +140,7 @@ class Captured:
     """What one tapped forward pass produced.
 
     ``result`` is the forward's return value (``None`` when it was stopped after the last layer);
-    ``outputs[name]`` / ``inputs[name]`` the first-call output / first positional input of each
+    ``outputs[name]`` / ``inputs[name]`` the captured call's output / first positional input of each
     layer, in the order the layers were given.
     """
 
@@ -151,8 +158,12 @@ class Taps:
         stop: stop the forward pass right after the last tapped layer has run (the model output
             is then not computed; :attr:`Captured.result` is ``None``).
         record_inputs: also keep each layer's first positional input.
-        once: a layer that runs more than once per forward pass raises :class:`LayerError`
-            (default: its first call is the one captured).
+        once: a layer that runs more than once per forward pass raises :class:`LayerCallError`
+            (default: one of its calls is captured, see ``call``).
+        call: which call of a layer that runs several times is captured, ``"first"`` or
+            ``"last"`` (``"last"`` cannot ``stop``: only the end of the forward tells the last).
+        min_dim: the least number of dimensions a captured output must have (e.g. 2 for a
+            ``(N, C, ...)`` feature map); a non-tensor output is always a :class:`LayerCallError`.
 
     Outputs are captured as tensors that later in-place operations cannot overwrite (a copy is
     taken when the forward continues past the layer), and keep their autograd graph.
@@ -166,12 +177,19 @@ class Taps:
         stop: bool = False,
         record_inputs: bool = False,
         once: bool = False,
+        call: Literal["first", "last"] = "first",
+        min_dim: int = 0,
     ) -> None:
+        if call not in ("first", "last"):
+            raise ValueError(f"call must be 'first' or 'last', got {call!r}")
+        if stop and call == "last":
+            raise ValueError("stop=True needs call='first': a forward cannot stop at a last call")
         many = layers if isinstance(layers, Sequence) and not isinstance(layers, str) else [layers]
         self.model = model
         self.resolved = resolve_layers(model, list(many))
         self.names = [display_name(model, name) for name, _ in self.resolved]
         self.stop, self.record_inputs, self.once = stop, record_inputs, once
+        self.call, self.min_dim = call, min_dim
 
     @property
     def modules(self) -> list[nn.Module]:
@@ -187,13 +205,20 @@ class Taps:
             i = position[id(module)]
             if i in outputs:
                 if self.once:
-                    raise LayerError(f"layer {self.names[i]!r} ran more than once in one forward")
-                return
-            if not isinstance(output, Tensor):
-                raise LayerError(
-                    f"layer {self.names[i]!r} returned {type(output).__name__}, not a tensor"
+                    raise LayerCallError(
+                        f"layer {self.names[i]!r} ran more than once in one forward pass"
+                    )
+                if self.call == "first":
+                    return
+            if not isinstance(output, Tensor) or output.dim() < self.min_dim:
+                got = (
+                    f"of shape {tuple(output.shape)}"
+                    if isinstance(output, Tensor)
+                    else f"a {type(output).__name__}"
                 )
-            last = len(outputs) == len(self.resolved) - 1
+                rank = f" of rank >= {self.min_dim}" if self.min_dim else ""
+                raise LayerCallError(f"layer {self.names[i]!r} output is {got}, not a tensor{rank}")
+            last = i not in outputs and len(outputs) == len(self.resolved) - 1
             outputs[i] = output if self.stop and last else output.clone()
             if self.record_inputs:
                 inputs[i] = args[0] if args else None
@@ -208,7 +233,7 @@ class Taps:
                 pass
         missing = [self.names[i] for i in range(len(self.resolved)) if i not in outputs]
         if missing:
-            raise LayerError(f"layers {missing} were not called in the model's forward pass")
+            raise LayerCallError(f"layers {missing} were not called in the model's forward pass")
         return Captured(
             result,
             {name: outputs[i] for i, name in enumerate(self.names)},

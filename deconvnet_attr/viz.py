@@ -74,7 +74,7 @@ def contrast_stretch(projections: Tensor, percentile: float = 99.5) -> np.ndarra
 def image_display(images: Tensor) -> np.ndarray:
     """Images ``(N, C, H, W)`` (C = 1 or 3) → ``(N, H, W[, 3])`` clipped to [0, 1], for display.
 
-    NaN pixels (outside the image, see :func:`~deconvnet_attr.mining.receptive_field_patches`)
+    NaN pixels (outside the image, see :func:`~deconvnet_attr.projection.receptive_field_patches`)
     stay NaN and are drawn as background.
     """
     return np.clip(_channels_last(images, "images"), 0.0, 1.0)

@@ -25,9 +25,10 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from deconvnet_attr import LayerAblation
-from deconvnet_attr.ablation import accuracy_table, reference_ablation
+from deconvnet_attr.ablation import reference_ablation
 from deconvnet_attr.analysis.probe import fit_linear_probe, linear_probe
 from deconvnet_attr.data import load_eval_subset, load_fashion_mnist
+from deconvnet_attr.evaluation import accuracy_table
 from deconvnet_attr.models.reference import load_model, load_reference
 from deconvnet_attr.viz import plot_accuracy_table
 

@@ -12,8 +12,8 @@ import argparse
 
 from deconvnet_attr import project_top_activations, receptive_field, top_activations
 from deconvnet_attr.data import load_eval_subset
-from deconvnet_attr.mining import receptive_field_patches
 from deconvnet_attr.models import load_reference
+from deconvnet_attr.projection import receptive_field_patches
 from deconvnet_attr.viz import plot_feature_grid
 
 

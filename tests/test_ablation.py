@@ -14,7 +14,8 @@ from model_state import snapshot
 from torch import nn
 
 from deconvnet_attr import LayerAblation
-from deconvnet_attr.ablation import ablated, ablation_study, accuracy_table
+from deconvnet_attr.ablation import ablated, ablation_study
+from deconvnet_attr.evaluation import accuracy_table
 
 
 def tiny_cnn(seed: int = 0) -> nn.Sequential:

@@ -8,11 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from deconvnet_attr.analysis.invariance import (
-    invariance_curves,
-    layer_features,
-    transform_images,
-)
+from deconvnet_attr.analysis.features import flat_layer_outputs
+from deconvnet_attr.analysis.invariance import invariance_curves, transform_images
 from deconvnet_attr.viz import plot_invariance
 
 matplotlib.use("Agg")
@@ -157,13 +154,13 @@ def test_hooks_removed_when_the_forward_raises():
     relu = nn.ReLU()
     model.relu1, model.extra = relu, relu  # one module run twice: ambiguous features
     with pytest.raises(RuntimeError, match="more than once"):
-        layer_features(model, centred_images(), [relu])
+        flat_layer_outputs(model, centred_images(), [relu])
     assert all(not m._forward_hooks for m in model.modules())
 
 
-def test_layer_features_match_direct_calls():
+def test_flat_layer_outputs_match_direct_calls():
     model, images = small_cnn(), centred_images(5)
-    feats, out = layer_features(model, images, ["conv1"], batch_size=2)
+    feats, out = flat_layer_outputs(model, images, ["conv1"], batch_size=2)
     with torch.no_grad():
         torch.testing.assert_close(feats["conv1"], model.conv1(images).flatten(1))
         torch.testing.assert_close(out, model(images))

@@ -14,12 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from deconvnet_attr.deconv import DeconvProjection
-from deconvnet_attr.mining import (
-    project_top_activations,
-    receptive_field_patches,
-    top_activations,
-    top_activations_by_layer,
-)
+from deconvnet_attr.mining import top_activations, top_activations_by_layer
+from deconvnet_attr.projection import project_top_activations, receptive_field_patches
 
 
 def small_cnn() -> nn.Sequential:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from deconvnet_attr.analysis.probe import layer_features, linear_probe
+from deconvnet_attr.analysis.probe import linear_probe, pooled_layer_features
 
 
 def toy_problem(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,13 +51,13 @@ def test_probe_separable_and_constant_layers():
     assert table.to_markdown().splitlines()[2] == "| keep | 2 | 100.00 | 100.00 |"
 
 
-def test_layer_features_pooling_matches_manual():
+def test_pooled_layer_features_pooling_matches_manual():
     torch.manual_seed(0)
     conv = nn.Conv2d(1, 3, 3, padding=1)
     model = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.Linear(3 * 36, 2))
     x, y = torch.rand(10, 1, 6, 6), torch.arange(10) % 2
     batches = [(x[:4], y[:4]), (x[4:], y[4:])]
-    feats, labels = layer_features(model, [model[0], model[3]], batches, pool_size=2)
+    feats, labels = pooled_layer_features(model, [model[0], model[3]], batches, pool_size=2)
     with torch.no_grad():
         out = conv(x)
         # 6x6 -> 2x2 adaptive average pooling = mean over 3x3 blocks
@@ -65,7 +65,7 @@ def test_layer_features_pooling_matches_manual():
         torch.testing.assert_close(torch.from_numpy(feats["0"]), manual)
         torch.testing.assert_close(torch.from_numpy(feats["3"]), model(x))
     np.testing.assert_array_equal(labels, y.numpy())
-    full, _ = layer_features(model, {"c": conv}, (x, y), pool_size=None, batch_size=3)
+    full, _ = pooled_layer_features(model, {"c": conv}, (x, y), pool_size=None, batch_size=3)
     assert full["c"].shape == (10, 3 * 36)
     assert not conv._forward_hooks
 
@@ -76,6 +76,6 @@ def test_probe_bad_arguments():
     with pytest.raises(ValueError, match="not a submodule"):
         linear_probe(model, [nn.Linear(2, 2)], data, data)
     with pytest.raises(ValueError, match="pool_size.*0"):
-        layer_features(model, [model[0]], data, pool_size=0)
+        pooled_layer_features(model, [model[0]], data, pool_size=0)
     with pytest.raises(ValueError, match="no examples"):
-        layer_features(model, [model[0]], [], pool_size=2)
+        pooled_layer_features(model, [model[0]], [], pool_size=2)

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deconvnet_attr.analysis.invariance import LayerSpec, layer_features, resolve_layers
+from deconvnet_attr.analysis.features import flat_layer_outputs
+from deconvnet_attr.taps import LayerSpec, display_name, resolve_layers
 
 __all__ = [
     "FASHION_MNIST_PARTS",
@@ -132,7 +133,7 @@ def correspondence(
         raise ValueError(f"n_random must be >= 1, got {n_random}")
     if not 0.0 <= min_changed <= 1.0:
         raise ValueError(f"min_changed must be in [0, 1], got {min_changed}")
-    names = [name for name, _ in resolve_layers(model, layers)]
+    names = [display_name(model, name) for name, _ in resolve_layers(model, layers)]
 
     sizes = part_boxes[:, 2:] - part_boxes[:, :2]  # (n, 2) width, height
     if not bool((sizes == sizes[0]).all()):
@@ -153,7 +154,7 @@ def correspondence(
         + [occlude(images, b, fill) for b in random_boxes]
         + [occlude(images, b, fill) for b in shared_boxes]
     )
-    feats, _ = layer_features(model, batch, layers, batch_size)
+    feats, _ = flat_layer_outputs(model, batch, layers, batch_size)
     part, rand, shared = [], [], []
     for name in names:
         f = feats[name].view(2 + 2 * n_random, n, -1)
@@ -283,7 +284,7 @@ def correspondence_table(
     gen = torch.Generator().manual_seed(seed)
     labels = labels.cpu()
     height, width = images.shape[-2:]
-    names = [name for name, _ in resolve_layers(model, layers)]
+    names = [display_name(model, name) for name, _ in resolve_layers(model, layers)]
     part_d, rand_d, shared_d = [], [], []
     for part in parts:
         pool = part_images(images, labels, part, baseline, min_changed)

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from deconvnet_attr.mining import (
-    TopActivations,
-    project_top_activations,
-    top_activations_by_layer,
-)
+from deconvnet_attr.mining import TopActivations, top_activations_by_layer
+from deconvnet_attr.projection import project_top_activations
+from deconvnet_attr.taps import LayerSpec, resolve_layer
 
 __all__ = ["FeatureEvolution", "feature_evolution"]
 
@@ -47,7 +46,7 @@ class FeatureEvolution:
 
 def feature_evolution(
     checkpoints: Mapping[int, nn.Module],
-    layers: Mapping[str, Sequence[int] | Tensor | None],
+    layers: Mapping[Any, Sequence[int] | Tensor | None],
     data: Tensor | Dataset | DataLoader,
     *,
     batch_size: int = 64,
@@ -58,20 +57,22 @@ def feature_evolution(
     Args:
         checkpoints: ``{epoch: model}`` — the same architecture at several epochs (e.g.
             :func:`deconvnet_attr.models.load_checkpoints`), each run as given (eval mode).
-        layers: ``{layer name: channels}`` (``None``: all channels); names are resolved in every
-            checkpoint. All layers are mined in one pass over ``data`` per checkpoint.
+        layers: ``{layer: channels}`` (``None``: all channels); a layer is a dotted name,
+            resolved in every checkpoint, or a module of one of the checkpoints, standing for
+            its name. All layers are mined in one pass over ``data`` per checkpoint.
         data: inputs with random access: a tensor ``(N, ...)``, a map-style dataset or a
-            DataLoader over one (see :func:`~deconvnet_attr.mining.project_top_activations`).
+            DataLoader over one (see :func:`~deconvnet_attr.projection.project_top_activations`).
         batch_size: examples per forward pass while mining, seeds per projection batch.
         progress: show progress bars.
 
     Returns:
-        ``{layer name: FeatureEvolution}``, one column per checkpoint, in epoch order.
+        ``{dotted layer name: FeatureEvolution}``, one column per checkpoint, in epoch order.
     """
     if isinstance(layers, str) or not isinstance(layers, Mapping) or not layers:
         raise TypeError(f"layers must be a non-empty mapping name -> channels, got {layers!r}")
     if not checkpoints:
         raise ValueError("checkpoints is empty")
+    layers = {_layer_name(checkpoints, layer): chosen for layer, chosen in layers.items()}
     epochs = sorted(checkpoints)
     columns: dict[str, list[tuple[TopActivations, Tensor]]] = {name: [] for name in layers}
     for epoch in epochs:
@@ -107,3 +108,12 @@ def _mining_input(data: Tensor | Dataset | DataLoader, batch_size: int) -> Tenso
     if isinstance(data, (Tensor, DataLoader)):
         return data
     return DataLoader(data, batch_size=batch_size)
+
+
+def _layer_name(checkpoints: Mapping[int, nn.Module], layer: LayerSpec) -> str:
+    """The dotted name of ``layer``: a name as given, a module by its name in its checkpoint."""
+    if isinstance(layer, str):
+        return layer
+    models = list(checkpoints.values())
+    owner = next((m for m in models if any(sub is layer for sub in m.modules())), models[0])
+    return resolve_layer(owner, layer)[0]  # LayerError when no checkpoint holds it

@@ -5,12 +5,13 @@ plot, against the transform parameter, the Euclidean distance between the featur
 original and of the transformed image at a low and a high layer, and the probability of the true
 class. Small distances at high layers mean the representation is invariant to the transform.
 
-The feature capture used here (:func:`layer_features`) is shared with the correspondence analysis.
+The feature capture (:func:`~deconvnet_attr.analysis.features.flat_layer_outputs`) is shared with
+the correspondence analysis.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,103 +19,20 @@ from torch import Tensor, nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from deconvnet_attr.state import preserved_state
+from deconvnet_attr.analysis.features import _describe, flat_layer_outputs
+from deconvnet_attr.taps import LayerSpec, display_name, resolve_layers
 
 __all__ = [
     "InvarianceCurve",
     "InvarianceResult",
     "default_transforms",
     "invariance_curves",
-    "layer_features",
-    "resolve_layers",
     "transform_images",
 ]
 
 TRANSFORMS = ("translation", "scale", "rotation")
 """Built-in transforms: vertical translation in pixels (positive = down), scale factor about the
 image centre (> 1 zooms in), rotation in degrees (counter-clockwise)."""
-
-LayerSpec = nn.Module | str
-
-
-def resolve_layers(model: nn.Module, layers: Sequence[LayerSpec]) -> list[tuple[str, nn.Module]]:
-    """Name and module of each requested layer, given as a module of ``model`` or its dotted name.
-
-    Raises ``ValueError`` for an empty list, a module that is not part of ``model``, an unknown name
-    or a layer given twice.
-    """
-    if isinstance(layers, (nn.Module, str)) or len(layers) == 0:
-        raise ValueError(f"layers must be a non-empty sequence of modules or names, got {layers!r}")
-    names = {id(m): n for n, m in model.named_modules()}
-    resolved: list[tuple[str, nn.Module]] = []
-    for layer in layers:
-        if isinstance(layer, str):
-            try:
-                module = model.get_submodule(layer)
-            except AttributeError:
-                raise ValueError(f"layer {layer!r} is not a submodule of the model") from None
-            resolved.append((layer or type(model).__name__, module))
-        elif isinstance(layer, nn.Module):
-            if id(layer) not in names:
-                raise ValueError(f"layer {type(layer).__name__} {layer!r} is not part of the model")
-            resolved.append((names[id(layer)] or type(model).__name__, layer))
-        else:
-            raise ValueError(f"layer must be an nn.Module or a name, got {type(layer).__name__}")
-    seen = [n for n, _ in resolved]
-    dupes = sorted({n for n in seen if seen.count(n) > 1})
-    if dupes:
-        raise ValueError(f"layers given more than once: {dupes}")
-    return resolved
-
-
-def layer_features(
-    model: nn.Module,
-    inputs: Tensor,
-    layers: Sequence[LayerSpec],
-    batch_size: int = 256,
-) -> tuple[dict[str, Tensor], Tensor]:
-    """Flattened outputs of ``layers`` and the model output for ``inputs`` (N, ...).
-
-    Returns ``(features, outputs)``: ``features[name]`` is (N, D_layer) — the layer's output tensor
-    flattened per example — keyed by the layer's name in ``model``; ``outputs`` is the model output
-    (N, ...); both on the CPU. Runs under ``torch.no_grad()`` in batches of ``batch_size``; the
-    forward hooks are removed and buffers / training flags restored also when the forward raises.
-    A layer must return one tensor and run once per forward pass (a reused module is ambiguous and
-    rejected).
-    """
-    resolved = resolve_layers(model, layers)
-    if not isinstance(inputs, Tensor) or inputs.dim() < 1 or inputs.shape[0] == 0:
-        raise ValueError(f"inputs must be a non-empty tensor (N, ...), got {_describe(inputs)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    captured: dict[str, Tensor] = {}
-
-    def hook_for(name: str) -> Callable[[nn.Module, tuple, object], None]:
-        def hook(module: nn.Module, args: tuple, output: object) -> None:
-            if not isinstance(output, Tensor):
-                raise TypeError(f"layer {name!r} returned {type(output).__name__}, not a tensor")
-            if name in captured:
-                raise RuntimeError(f"layer {name!r} ran more than once in one forward pass")
-            captured[name] = output.detach().flatten(1).float().cpu()
-
-        return hook
-
-    feats: dict[str, list[Tensor]] = {name: [] for name, _ in resolved}
-    outs: list[Tensor] = []
-    handles = [m.register_forward_hook(hook_for(n)) for n, m in resolved]
-    try:
-        with torch.no_grad(), preserved_state(model):
-            for batch in inputs.split(batch_size):
-                captured.clear()
-                outs.append(model(batch).detach().cpu())
-                for name in feats:
-                    if name not in captured:
-                        raise RuntimeError(f"layer {name!r} did not run in the forward pass")
-                    feats[name].append(captured[name])
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {n: torch.cat(v) for n, v in feats.items()}, torch.cat(outs)
 
 
 def default_transforms(height: int) -> dict[str, Tensor]:
@@ -242,14 +160,14 @@ def invariance_curves(
             raise ValueError(f"unknown transform {name!r}; built-in transforms are {TRANSFORMS}")
         if len(values) == 0:
             raise ValueError(f"transform {name!r} has no parameter values")
-    names = [n for n, _ in resolve_layers(model, layers)]
+    names = [display_name(model, n) for n, _ in resolve_layers(model, layers)]
 
-    reference, _ = layer_features(model, images, layers, batch_size)
+    reference, _ = flat_layer_outputs(model, images, layers, batch_size)
     curves = {}
     for name, values in grids.items():
         values = torch.as_tensor(values, dtype=torch.float32).flatten()
         moved = torch.cat([transform_images(images, name, float(v), fills) for v in values])
-        feats, logits = layer_features(model, moved, layers, batch_size)
+        feats, logits = flat_layer_outputs(model, moved, layers, batch_size)
         if logits.dim() != 2 or int(labels.max()) >= logits.shape[1] or int(labels.min()) < 0:
             raise ValueError(
                 f"model output {tuple(logits.shape)} is not (N, K) logits covering labels "
@@ -274,10 +192,3 @@ def _fill_values(fill: float | Sequence[float], channels: int) -> list[float]:
     if len(values) != channels:
         raise ValueError(f"fill has {len(values)} values for {channels} channels: {fill!r}")
     return values
-
-
-def _describe(x: object) -> str:
-    """Short description of a bad argument for error messages."""
-    if isinstance(x, Tensor):
-        return f"tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
-    return type(x).__name__

@@ -21,13 +21,14 @@ from sklearn.preprocessing import StandardScaler
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from deconvnet_attr.evaluation import iterate_batches
 from deconvnet_attr.tables import RecordTable
+from deconvnet_attr.taps import LayerSpec, Taps
 
-from ..ablation import iterate_batches
-
-__all__ = ["ProbeTable", "fit_linear_probe", "layer_features", "linear_probe"]
+__all__ = ["ProbeTable", "fit_linear_probe", "linear_probe", "pooled_layer_features"]
 
 Data = tuple[Tensor, Tensor] | Iterable[tuple[Tensor, Tensor]]
+LayerChoice = Mapping[str, LayerSpec] | Sequence[LayerSpec]
 
 
 def _pool(output: Tensor, pool_size: int | None) -> Tensor:
@@ -39,29 +40,26 @@ def _pool(output: Tensor, pool_size: int | None) -> Tensor:
     return output.flatten(1)
 
 
-def _named_layers(
-    model: nn.Module, layers: Mapping[str, nn.Module] | Sequence[nn.Module]
-) -> dict[str, nn.Module]:
-    names = {id(m): name for name, m in model.named_modules()}
+def _tap(model: nn.Module, layers: LayerChoice) -> tuple[Taps, list[str]]:
+    """Taps on ``layers`` (stopping after the last) and the feature name of each layer."""
     if isinstance(layers, Mapping):
-        named = dict(layers)
-    elif isinstance(layers, Sequence) and not isinstance(layers, nn.Module):
-        named = {names.get(id(m), f"layers[{i}]"): m for i, m in enumerate(layers)}
+        labels: list[str] | None = [str(name) for name in layers]
+        specs = list(layers.values())
+    elif isinstance(layers, Sequence) and not isinstance(layers, str):
+        labels, specs = None, list(layers)
     else:
         raise TypeError(
-            f"layers must be a list of modules or a name -> module dict; got {layers!r}"
+            f"layers must be a list of modules / names or a name -> module dict; got {layers!r}"
         )
-    if not named:
+    if not specs:
         raise ValueError("layers is empty")
-    for name, module in named.items():
-        if not isinstance(module, nn.Module) or id(module) not in names:
-            raise ValueError(f"layer {name!r} ({module!r}) is not a submodule of the model")
-    return named
+    taps = Taps(model, specs, stop=True, min_dim=2)
+    return taps, labels or taps.names
 
 
-def layer_features(
+def pooled_layer_features(
     model: nn.Module,
-    layers: Mapping[str, nn.Module] | Sequence[nn.Module],
+    layers: LayerChoice,
     data: Data,
     pool_size: int | None = 2,
     batch_size: int = 256,
@@ -70,8 +68,10 @@ def layer_features(
     """Pooled outputs of ``layers`` over ``data``, collected in one pass.
 
     Args:
-        model: the network, run as it is (call ``model.eval()`` first).
-        layers: modules of ``model`` (named by their module path) or a name -> module dict.
+        model: the network, run as it is (call ``model.eval()`` first); each forward stops after
+            the last of the layers (its first call is the one read).
+        layers: modules of ``model`` or their dotted names (features named by the module path),
+            or a feature name -> module (or dotted name) dict.
         data: ``(inputs, labels)`` tensors or an iterable of such batches.
         pool_size: 4-D outputs (N, C, H, W) are average-pooled to (N, C, pool_size, pool_size),
             3-D ones to (N, C, pool_size); None keeps the full output. Then flattened.
@@ -83,40 +83,20 @@ def layer_features(
     """
     if pool_size is not None and (not isinstance(pool_size, int) or pool_size < 1):
         raise ValueError(f"pool_size must be a positive int or None; got {pool_size!r}")
-    named = _named_layers(model, layers)
+    taps, labels_of = _tap(model, layers)
     device = next(model.parameters()).device
-    collected: dict[str, list[np.ndarray]] = {name: [] for name in named}
+    collected: dict[str, list[np.ndarray]] = {name: [] for name in labels_of}
     labels: list[np.ndarray] = []
-
-    def hook_for(name: str):
-        def hook(module: nn.Module, args: tuple, output: object) -> None:
-            if not isinstance(output, Tensor):
-                raise TypeError(f"layer {name!r} returns {type(output).__name__}, not a tensor")
-            collected[name].append(_pool(output, pool_size).float().cpu().numpy())
-
-        return hook
-
-    handles = [m.register_forward_hook(hook_for(name)) for name, m in named.items()]
-    try:
-        with torch.no_grad():
-            batches = iterate_batches(data, batch_size)
-            for x, y in tqdm(batches, desc="features", disable=not show_progress):
-                model(x.to(device))
-                labels.append(np.asarray(y.cpu()))
-    finally:
-        for handle in handles:
-            handle.remove()
+    with torch.no_grad():
+        batches = iterate_batches(data, batch_size)
+        for x, y in tqdm(batches, desc="features", disable=not show_progress):
+            outputs = taps(x.to(device))
+            for label, name in zip(labels_of, taps.names, strict=True):
+                collected[label].append(_pool(outputs[name], pool_size).float().cpu().numpy())
+            labels.append(np.asarray(y.cpu()))
     if not labels:
         raise ValueError("data yielded no examples")
-    n = sum(len(y) for y in labels)
-    features = {}
-    for name, parts in collected.items():
-        stacked = np.concatenate(parts) if parts else np.empty((0, 0), np.float32)
-        if len(stacked) != n:
-            raise ValueError(
-                f"layer {name!r} produced {len(stacked)} feature rows for {n} examples"
-            )
-        features[name] = stacked
+    features = {name: np.concatenate(parts) for name, parts in collected.items()}
     return features, np.concatenate(labels)
 
 
@@ -154,7 +134,7 @@ class ProbeTable(RecordTable):
 
 def linear_probe(
     model: nn.Module,
-    layers: Mapping[str, nn.Module] | Sequence[nn.Module],
+    layers: LayerChoice,
     train_data: Data,
     test_data: Data,
     pool_size: int | None = 2,
@@ -167,10 +147,11 @@ def linear_probe(
 
     Args:
         model: the (frozen) network whose layers are probed; run as it is (``model.eval()``).
-        layers: modules of ``model`` or a name -> module dict; one table row each, in order.
+        layers: modules of ``model`` or their dotted names, or a name -> module (or dotted
+            name) dict; one table row each, in order.
         train_data, test_data: ``(inputs, labels)`` tensors or iterables of such batches; the
             labels may be a different task from the one the model was trained on.
-        pool_size: spatial average pooling of conv outputs, see :func:`layer_features`.
+        pool_size: spatial average pooling of conv outputs, see :func:`pooled_layer_features`.
         C: inverse L2 regularisation strength of the logistic regression.
         max_iter: iteration limit of the lbfgs solver.
         batch_size: used when the data are tensor pairs.
@@ -179,10 +160,12 @@ def linear_probe(
     Returns:
         :class:`ProbeTable` with the feature count and train/test accuracy (%) per layer.
     """
-    train_x, train_y = layer_features(
+    train_x, train_y = pooled_layer_features(
         model, layers, train_data, pool_size, batch_size, show_progress
     )
-    test_x, test_y = layer_features(model, layers, test_data, pool_size, batch_size, show_progress)
+    test_x, test_y = pooled_layer_features(
+        model, layers, test_data, pool_size, batch_size, show_progress
+    )
     rows = []
     for name in train_x:
         train_acc, test_acc = fit_linear_probe(

@@ -1,0 +1,170 @@
+"""Deconvnet projections of mined units and the receptive-field crops beside them (Fig. 2).
+
+:func:`project_top_activations` projects every unit found by
+:func:`~deconvnet_attr.mining.top_activations` to pixel space through
+:class:`~deconvnet_attr.deconv.DeconvProjection`, many (image, channel, location) seeds per
+forward/backward pass; :func:`receptive_field_patches` cuts each unit's receptive field out of the
+images (or of their projections), as the paper shows them side by side.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from tqdm.auto import tqdm
+
+from deconvnet_attr.deconv import DeconvProjection
+from deconvnet_attr.mining import TopActivations, _inputs_of
+from deconvnet_attr.taps import LayerSpec, resolve_layer
+
+__all__ = ["project_top_activations", "receptive_field_patches"]
+
+
+class ReceptiveFieldLike(Protocol):
+    """What :func:`receptive_field_patches` needs of a receptive field: (height, width) pairs."""
+
+    size: tuple[int, int]
+    stride: tuple[int, int]
+    offset: tuple[int, int]
+
+
+def _dataset_of(data: Tensor | Dataset | DataLoader) -> Tensor | Dataset:
+    """The indexable data behind ``data``: a DataLoader's data set, else ``data`` itself."""
+    return data.dataset if isinstance(data, DataLoader) else data
+
+
+def _examples(data: Tensor | Dataset | DataLoader, indices: Tensor) -> Tensor:
+    """Input tensors ``(len(indices), ...)`` of a tensor, a map-style data set or a DataLoader's."""
+    dataset = _dataset_of(data)
+    if isinstance(dataset, TensorDataset):
+        dataset = dataset.tensors[0]
+    if isinstance(dataset, Tensor):
+        return dataset[indices]
+    if not hasattr(dataset, "__getitem__"):
+        raise TypeError(
+            "projection needs random access to the mined examples: pass a tensor, a map-style "
+            f"Dataset or a DataLoader over one, got {type(data).__name__}"
+        )
+    return torch.stack([_inputs_of(dataset[int(i)]) for i in indices])
+
+
+def project_top_activations(
+    model: nn.Module,
+    layer: LayerSpec,
+    data: Tensor | Dataset | DataLoader,
+    top: TopActivations,
+    *,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> Tensor:
+    """Project every mined unit of ``top`` to pixel space with the deconvnet, in batches.
+
+    Each (image, channel, location) seed becomes one row of a batch given to
+    :meth:`DeconvProjection.attribute` with ``neuron=locations``, so a batch of ``batch_size``
+    seeds costs one forward and one backward pass.
+
+    Args:
+        model, layer: as given to :func:`~deconvnet_attr.mining.top_activations`.
+        data: the mined data, with random access: a tensor ``(N, ...)``, a map-style ``Dataset``
+            (items are tensors or ``(input, label, ...)`` tuples) or a ``DataLoader`` over one.
+        top: the result of :func:`~deconvnet_attr.mining.top_activations` on ``data``.
+        batch_size: seeds per forward/backward pass.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        ``(C, k, *input_shape)`` — ``[c, j]`` is the projection of the unit
+        ``top.locations[c, j]`` of channel ``top.channels[c]`` for image ``top.indices[c, j]``.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    _, module = resolve_layer(model, layer)
+    num_channels, k = top.indices.shape
+    seed_channels = top.channels[:, None].expand(num_channels, k).reshape(-1)
+    seed_images = top.indices.reshape(-1)
+    dataset = _dataset_of(data)
+    size = len(dataset) if hasattr(dataset, "__len__") else None
+    if size is not None and len(seed_images) and int(seed_images.max()) >= size:
+        raise ValueError(
+            f"top refers to data-set position {int(seed_images.max())} but data holds {size} "
+            "examples: project with the data that top_activations mined"
+        )
+    seed_locations = top.locations.reshape(num_channels * k, -1)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    projector = DeconvProjection(model, module)
+
+    pieces = []
+    for start in tqdm(
+        range(0, len(seed_images), batch_size), desc="projections", disable=not progress
+    ):
+        stop = start + batch_size
+        images = _examples(data, seed_images[start:stop])
+        try:
+            projected = projector.attribute(
+                images.to(device),
+                target=seed_channels[start:stop].tolist(),
+                neuron=seed_locations[start:stop].to(device),
+            )
+        except ValueError as err:  # out-of-range channels or locations: top is from elsewhere
+            raise ValueError(f"{err} (was top mined on this layer of this model?)") from err
+        pieces.append(projected.detach().cpu())
+    if not pieces:
+        raise ValueError("top holds no mined units to project")
+    projections = torch.cat(pieces)
+    return projections.reshape(num_channels, k, *projections.shape[1:])
+
+
+def receptive_field_patches(
+    images: Tensor, locations: Tensor, receptive_field: ReceptiveFieldLike, fill: float = 0.0
+) -> Tensor:
+    """Cut out of each image the receptive field of one unit of a layer's output map.
+
+    Args:
+        images: ``(M, C, H, W)`` — input images, or their projections.
+        locations: ``(M, 2)`` — (row, col) of the unit in the layer's output map, as in
+            :attr:`TopActivations.locations`.
+        receptive_field: the layer's receptive field, as returned by
+            :func:`deconvnet_attr.receptive_field`: ``.size``, ``.stride``, ``.offset``, each a
+            (height, width) pair; the unit at (i, j) sees rows ``offset[0] + i * stride[0]`` to
+            ``offset[0] + i * stride[0] + size[0] - 1``, likewise columns.
+        fill: value for the part of a field that lies outside the image (e.g. 0 for projections,
+            NaN for images so that it is drawn as background).
+
+    Returns:
+        ``(M, C, h, w)`` with ``h = size[0]`` when the field is smaller than the image and
+        ``h = H`` (the whole image) otherwise; likewise ``w``.
+    """
+    if images.dim() != 4 or locations.shape != (images.shape[0], 2):
+        raise ValueError(
+            f"need images (M, C, H, W) and locations (M, 2), got {tuple(images.shape)} and "
+            f"{tuple(locations.shape)}"
+        )
+    height, width = images.shape[2:]
+    patches = images.new_full((*images.shape[:2], *_window(receptive_field, height, width)), fill)
+    for m, (i, j) in enumerate(locations.tolist()):
+        rows = _span(receptive_field, 0, i, height)
+        cols = _span(receptive_field, 1, j, width)
+        src_r, src_c = (
+            slice(max(rows[0], 0), min(rows[1], height)),
+            slice(max(cols[0], 0), min(cols[1], width)),
+        )
+        dst_r = slice(src_r.start - rows[0], src_r.stop - rows[0])
+        dst_c = slice(src_c.start - cols[0], src_c.stop - cols[0])
+        patches[m, :, dst_r, dst_c] = images[m, :, src_r, src_c]
+    return patches
+
+
+def _window(receptive_field: ReceptiveFieldLike, height: int, width: int) -> tuple[int, int]:
+    size = receptive_field.size
+    return (min(int(size[0]), height), min(int(size[1]), width))
+
+
+def _span(field: ReceptiveFieldLike, dim: int, index: int, extent: int) -> tuple[int, int]:
+    """Half-open input range shown for unit ``index`` along ``dim``: its field, or the image."""
+    size = int(field.size[dim])
+    if size >= extent:
+        return 0, extent
+    start = int(field.offset[dim]) + index * int(field.stride[dim])
+    return start, start + size
