@@ -175,7 +175,7 @@ def context_from_args(args: argparse.Namespace, command: str = "") -> ReportCont
         return net.to(args.device).eval()
 
     def load(weights: Path | None) -> nn.Module:
-        if args.model is None:  # a deconvnet-attr model file
+        if args.model is None and weights is not None:  # a deconvnet-attr model file
             return models.create_model(weights)
         net = models.create_model(args.model, args.num_classes)
         if weights is not None:
