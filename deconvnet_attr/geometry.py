@@ -44,6 +44,7 @@ __all__ = [
     "TracedNet",
     "Window",
     "receptive_field",
+    "receptive_field_crop",
     "receptive_field_table",
     "trace",
 ]
@@ -676,3 +677,50 @@ def receptive_field_table(model: nn.Module, example: Tensor) -> list[LayerRecept
             name, kind = node.name, getattr(node.target, "__name__", str(node.target))
         rows.append(LayerReceptiveField(name, kind, tuple(net.shapes[node]), rf))
     return rows
+
+
+def receptive_field_crop(
+    field: ReceptiveField, images: Tensor, locations: Tensor, fill: float = 0.0
+) -> Tensor:
+    """Cut out of each image the input window that one unit of a layer's output map sees.
+
+    Args:
+        field: the layer's :class:`ReceptiveField` (:func:`receptive_field`); unit ``(i, j)``
+            sees rows ``field.rows(i)`` and columns ``field.cols(j)``.
+        images: ``(M, C, H, W)`` -- input images, or their projections (any dtype).
+        locations: ``(M, 2)`` integer -- ``(i, j)`` of the unit for each image, in the layer's
+            output map (e.g. :attr:`~deconvnet_attr.mining.TopActivations.locations`).
+        fill: value for the part of a window that lies outside the image (e.g. NaN, drawn as
+            background).
+
+    Returns:
+        ``(M, C, h, w)``: ``h = field.size[0]`` when the field is smaller than the image (pixel
+        ``(a, b)`` of crop ``m`` is ``images[m, :, rows(i)[0] + a, cols(j)[0] + b]``, or ``fill``
+        outside the image), and ``h = H`` -- the whole image height -- when the field is at least
+        as tall as the image; likewise ``w``. The inputs are not changed.
+    """
+    if images.dim() != 4 or locations.shape != (images.shape[0], 2):
+        raise ValueError(
+            f"need images (M, C, H, W) and locations (M, 2), got {tuple(images.shape)} and "
+            f"{tuple(locations.shape)}"
+        )
+    height, width = images.shape[2:]
+    whole_rows, whole_cols = field.size[0] >= height, field.size[1] >= width
+    crop = images.new_full(
+        (
+            *images.shape[:2],
+            height if whole_rows else field.size[0],
+            width if whole_cols else field.size[1],
+        ),
+        fill,
+    )
+    for m, (i, j) in enumerate(locations.tolist()):
+        top, bottom = (0, height - 1) if whole_rows else field.rows(i)
+        left, right = (0, width - 1) if whole_cols else field.cols(j)
+        r0, r1 = max(top, 0), min(bottom, height - 1)
+        c0, c1 = max(left, 0), min(right, width - 1)
+        if r0 <= r1 and c0 <= c1:
+            crop[m, :, r0 - top : r1 - top + 1, c0 - left : c1 - left + 1] = images[
+                m, :, r0 : r1 + 1, c0 : c1 + 1
+            ]
+    return crop

@@ -303,12 +303,3 @@ def _unravel(flat_index: Tensor, shape: Sequence[int]) -> Tensor:
         if coords
         else flat_index.new_zeros((*flat_index.shape, 0))
     )
-
-
-def __getattr__(name: str) -> Any:
-    # Transitional: these moved to deconvnet_attr.projection; old imports from mining still work.
-    if name in ("project_top_activations", "receptive_field_patches"):
-        from deconvnet_attr import projection
-
-        return getattr(projection, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from deconvnet_attr.deconv import DeconvProjection
+from deconvnet_attr.geometry import ReceptiveField, receptive_field_crop
 from deconvnet_attr.mining import TopActivations, _inputs_of
 from deconvnet_attr.taps import LayerSpec, resolve_layer
 
@@ -136,35 +137,8 @@ def receptive_field_patches(
         ``(M, C, h, w)`` with ``h = size[0]`` when the field is smaller than the image and
         ``h = H`` (the whole image) otherwise; likewise ``w``.
     """
-    if images.dim() != 4 or locations.shape != (images.shape[0], 2):
-        raise ValueError(
-            f"need images (M, C, H, W) and locations (M, 2), got {tuple(images.shape)} and "
-            f"{tuple(locations.shape)}"
-        )
-    height, width = images.shape[2:]
-    patches = images.new_full((*images.shape[:2], *_window(receptive_field, height, width)), fill)
-    for m, (i, j) in enumerate(locations.tolist()):
-        rows = _span(receptive_field, 0, i, height)
-        cols = _span(receptive_field, 1, j, width)
-        src_r, src_c = (
-            slice(max(rows[0], 0), min(rows[1], height)),
-            slice(max(cols[0], 0), min(cols[1], width)),
-        )
-        dst_r = slice(src_r.start - rows[0], src_r.stop - rows[0])
-        dst_c = slice(src_c.start - cols[0], src_c.stop - cols[0])
-        patches[m, :, dst_r, dst_c] = images[m, :, src_r, src_c]
-    return patches
-
-
-def _window(receptive_field: ReceptiveFieldLike, height: int, width: int) -> tuple[int, int]:
-    size = receptive_field.size
-    return (min(int(size[0]), height), min(int(size[1]), width))
-
-
-def _span(field: ReceptiveFieldLike, dim: int, index: int, extent: int) -> tuple[int, int]:
-    """Half-open input range shown for unit ``index`` along ``dim``: its field, or the image."""
-    size = int(field.size[dim])
-    if size >= extent:
-        return 0, extent
-    start = int(field.offset[dim]) + index * int(field.stride[dim])
-    return start, start + size
+    size, stride, offset = (
+        (int(pair[0]), int(pair[1]))
+        for pair in (receptive_field.size, receptive_field.stride, receptive_field.offset)
+    )
+    return receptive_field_crop(ReceptiveField(size, stride, offset), images, locations, fill)

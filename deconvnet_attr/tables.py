@@ -1,4 +1,5 @@
-"""Result tables as markdown and CSV text, shared by the ablation study and the linear probe."""
+"""Result tables as records, markdown and CSV text, shared by the ablation study, the linear probe,
+the correspondence analysis and the report (which renders :meth:`RecordTable.records` as HTML)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import io
 
 class RecordTable:
     """Mixin: a class with ``_records() -> [header, *rows]`` (lists of strings) gets
-    ``to_markdown()`` and ``to_csv()``."""
+    ``records()``, ``to_markdown()`` and ``to_csv()``."""
 
     def _records(self) -> list[list[str]]:
         raise NotImplementedError
+
+    def records(self) -> list[list[str]]:
+        """The table's cells as ``[header, *rows]``, each a fresh list of strings."""
+        return [list(row) for row in self._records()]
 
     def to_markdown(self) -> str:
         """A GitHub markdown table."""

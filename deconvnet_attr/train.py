@@ -40,7 +40,8 @@ from .data import (
     image_folder_transform,
     load_fashion_mnist,
 )
-from .models.reference import ARCH_CONFIGS, ARCHS, build_model, model_record, save_model
+from .models.factory import create_model
+from .models.reference import ARCH_CONFIGS, ARCHS, model_record, save_model
 from .models.zfnet import REMOVABLE_LAYERS, ZFNet
 
 __all__ = ["main", "parse_args", "translate_flip"]
@@ -328,7 +329,7 @@ def train(args: argparse.Namespace) -> Path:
 
 def _train(args: argparse.Namespace, data: Data, env: Distributed) -> Path:
     torch.manual_seed(args.seed)
-    model = build_model(args.arch, len(data.classes), args.remove)
+    model = create_model(args.arch, len(data.classes), remove=args.remove)
     model.class_names = data.classes
     model.to(env.device)
     optimizer = torch.optim.SGD(

@@ -11,6 +11,7 @@ from torch import nn
 
 from deconvnet_attr.data import DEFAULT_DEBIAN_DIR, FASHION_MNIST_CLASSES, load_eval_subset
 from deconvnet_attr.models import (
+    create_model,
     load_checkpoints,
     load_model,
     load_reference,
@@ -250,3 +251,122 @@ def test_reference_on_full_test_set():
     y = torch.from_numpy(labels.astype(np.int64))
     assert len(y) == 10_000
     assert accuracy(load_reference(), x, y) >= 0.91
+
+
+def same_init(build_a, build_b) -> bool:
+    """Both constructors, under the same seed, give the same class and the same parameters."""
+    torch.manual_seed(3)
+    a = build_a()
+    torch.manual_seed(3)
+    b = build_b()
+    sa, sb = a.state_dict(), b.state_dict()
+    return (
+        type(a) is type(b) and list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+    )
+
+
+def test_create_model_builds_torchvision_architectures_untrained():
+    import torchvision
+
+    assert same_init(
+        lambda: create_model("resnet18", num_classes=3),
+        lambda: torchvision.models.resnet18(num_classes=3),
+    )
+    assert same_init(
+        lambda: create_model("torchvision:squeezenet1_0"), torchvision.models.squeezenet1_0
+    )
+    model = create_model("resnet18", num_classes=3)
+    assert type(model) is torchvision.models.ResNet and model.fc.out_features == 3
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        p.numel() for p in torchvision.models.resnet18(num_classes=3).parameters()
+    )
+
+
+def test_create_model_builds_timm_architectures_untrained():
+    import timm
+
+    assert same_init(
+        lambda: create_model("resnet10t"),  # timm only
+        lambda: timm.create_model("resnet10t", pretrained=False),
+    )
+    # a name both libraries know is torchvision's; timm:NAME asks for timm's
+    assert same_init(
+        lambda: create_model("timm:resnet18", num_classes=4),
+        lambda: timm.create_model("resnet18", pretrained=False, num_classes=4),
+    )
+    assert type(create_model("timm:resnet18")) is timm.models.resnet.ResNet
+    assert type(create_model("resnet18")) is not timm.models.resnet.ResNet
+
+
+def test_create_model_never_downloads(monkeypatch):
+    import torch.hub
+
+    def offline(*args, **kwargs):
+        raise AssertionError(f"download attempted: {args}")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    # a detection model whose backbone would load ImageNet weights by default
+    model = create_model("fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=3)
+    assert model.roi_heads.box_predictor.cls_score.out_features == 3
+
+
+def test_create_model_builds_deconvnet_attr_archs_and_factories():
+    assert same_init(lambda: create_model("zfnet-fashion"), zfnet_fashion)
+    assert same_init(
+        lambda: create_model("zfnet-fashion", 5, remove=["conv4"]),
+        lambda: zfnet_fashion(5, remove=("conv4",)),
+    )
+    assert sum(p.numel() for p in create_model("zfnet").parameters()) == 62_357_608  # the paper
+    assert same_init(
+        lambda: create_model("deconvnet_attr.models:zfnet_fashion", num_classes=7),
+        lambda: zfnet_fashion(7),
+    )
+    import torchvision
+
+    assert same_init(
+        lambda: create_model("torchvision.models:resnet.resnet18"),  # a dotted attribute
+        torchvision.models.resnet18,
+    )
+
+
+def test_create_model_loads_model_files(tmp_path):
+    torch.manual_seed(1)
+    model = zfnet_fashion(num_classes=4, remove=("conv5",)).eval()
+    save_model(model, tmp_path / "m.pt", "zfnet-fashion", epoch=2)
+    x = torch.rand(2, 1, 28, 28)
+    for name in (tmp_path / "m.pt", str(tmp_path / "m.pt")):
+        loaded = create_model(name)
+        assert loaded.removed == ("conv5",) and not loaded.training
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    assert create_model(tmp_path / "m.pt", num_classes=4).num_classes == 4
+    with pytest.raises(ValueError, match="num_classes=3.*m.pt"):
+        create_model(tmp_path / "m.pt", num_classes=3)
+    with pytest.raises(ValueError, match="remove"):
+        create_model(tmp_path / "m.pt", remove=["conv4"])
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        create_model("missing.pt")
+
+
+def test_create_model_errors_name_the_value():
+    with pytest.raises(ValueError, match="no_such_net"):
+        create_model("no_such_net")
+    with pytest.raises(ValueError, match="nowhere_module"):
+        create_model("nowhere_module:factory")
+    with pytest.raises(ValueError, match="'timm:no_such_net'|'no_such_net'"):
+        create_model("timm:no_such_net")
+    with pytest.raises(ValueError, match="'no_such_net'"):
+        create_model("torchvision:no_such_net")
+    with pytest.raises(ValueError, match="':zfnet'"):
+        create_model(":zfnet")
+    with pytest.raises(ValueError, match="missing_factory"):
+        create_model("deconvnet_attr.models:missing_factory")
+    with pytest.raises(TypeError, match="'math:pi'.*float"):
+        create_model("math:pi")
+    with pytest.raises(TypeError, match="'builtins:dict'.*dict.*nn.Module"):
+        create_model("builtins:dict")
+    with pytest.raises(TypeError, match="got int 3"):
+        create_model(3)
+    for bad in (0, -2, 2.5, True):
+        with pytest.raises(ValueError, match=f"num_classes.*{bad!r}"):
+            create_model("zfnet-fashion", num_classes=bad)

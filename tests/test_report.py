@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -9,12 +10,24 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import TensorDataset
 
-from deconvnet_attr.ablation import PAPER_GROUPS
+from deconvnet_attr.ablation import PAPER_GROUPS, AccuracyTable
 from deconvnet_attr.analysis.correspondence import FASHION_MNIST_PARTS, part_images
 from deconvnet_attr.data import load_eval_subset
-from deconvnet_attr.models import load_reference, zfnet_fashion
-from deconvnet_attr.report import build_model, html_table, main, with_input_normalization
+from deconvnet_attr.mining import top_activations
+from deconvnet_attr.models import create_model, load_reference, zfnet_fashion
+from deconvnet_attr.report import (
+    ReportContext,
+    ablation_section,
+    build_report,
+    evolution_section,
+    feature_grid_section,
+    html_table,
+    main,
+    record_table,
+    with_input_normalization,
+)
 
 
 class _Page(HTMLParser):
@@ -140,10 +153,6 @@ def test_quick_report_on_an_image_folder_with_an_own_model_and_checkpoints(tmp_p
 
 
 def test_bad_arguments_name_the_value(tmp_path):
-    with pytest.raises(ValueError, match="no_such_net"):
-        build_model("no_such_net")
-    with pytest.raises(ValueError, match="nowhere_module"):
-        build_model("nowhere_module:factory")
     with pytest.raises(ValueError, match="conv9"):
         main(
             [
@@ -174,15 +183,9 @@ def test_bad_arguments_name_the_value(tmp_path):
         main(["--out", str(tmp_path), "--k", "0"])
 
 
-def test_torchvision_and_timm_names_build_untrained_models():
-    assert type(build_model("resnet18", num_classes=3)).__name__ == "ResNet"
-    assert build_model("resnet18", num_classes=3).fc.out_features == 3
-    assert type(build_model("resnet10t")).__name__ == "ResNet"  # timm only
-
-
 def test_input_normalization_is_part_of_the_traced_forward():
     torch.manual_seed(0)
-    model = build_model("resnet18", num_classes=4).eval()
+    model = create_model("resnet18", num_classes=4).eval()
     x = torch.rand(2, 3, 32, 32)
     mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
     with torch.no_grad():
@@ -200,4 +203,65 @@ def test_html_table_escapes_cells():
     assert html_table(["a<b"], [["x & y"]]) == (
         "<table><thead><tr><th>a&lt;b</th></tr></thead>"
         "<tbody><tr><td>x &amp; y</td></tr></tbody></table>"
+    )
+
+
+def _small_context(tmp_path, name: str, **kwargs) -> ReportContext:
+    """A random-init Fashion-MNIST ZFNet, 48 bundled images, two 'checkpoints'."""
+    torch.manual_seed(0)
+    first, final = zfnet_fashion().eval(), zfnet_fashion().eval()
+    images, labels = load_eval_subset()
+    settings = dict(
+        model=final,
+        model_name="random ZFNet",
+        data=TensorDataset(images[:48], labels[:48]),
+        data_name="48 images",
+        layers=["conv1", "conv3"],
+        out=tmp_path / name,
+        checkpoints={1: first, 2: final},
+        k=3,
+        channels=4,
+        batch_size=16,
+        progress=False,
+    )
+    settings.update(kwargs)
+    return ReportContext(**settings)
+
+
+def _followed(out: Path) -> list[str]:
+    return re.findall(r"<p>channels followed: ([0-9, ]+)</p>", (out / "index.html").read_text())
+
+
+def test_evolution_follows_the_same_channels_with_or_without_the_feature_grid(tmp_path):
+    alone = _small_context(tmp_path, "alone")
+    build_report(alone, sections=[evolution_section])
+    both = _small_context(tmp_path, "both")
+    build_report(both, sections=[feature_grid_section, evolution_section])
+    # reference: each layer mined on its own, channels by mean top-k activation, 4 // 2 per layer
+    want = []
+    for layer in alone.layers:
+        top = top_activations(alone.model, layer, load_eval_subset()[0][:48], k=3, progress=False)
+        strongest = sorted(range(len(top.channels)), key=lambda c: -top.values[c].mean().item())
+        want.append(", ".join(str(int(top.channels[c])) for c in strongest[:2]))
+    assert _followed(alone.out) == _followed(both.out) == want
+
+
+def test_removal_table_lists_the_layers_whose_input_and_output_shapes_match(tmp_path):
+    ctx = _small_context(tmp_path, "ablation", layers=["conv1", "conv4"], has_labels=True)
+    ctx.out.mkdir()
+    section = ablation_section(ctx, {})
+    # by hand: conv1 maps 1 -> 16 channels; conv4 48 -> 48 with 'same' padding, stride 1
+    assert ctx.model.conv4.in_channels == ctx.model.conv4.out_channels
+    assert "<td>remove conv4</td>" in section.body
+    assert "remove conv1" not in section.body
+    assert all(f"<td>{group}</td>" in section.body for group in PAPER_GROUPS)
+
+
+def test_record_tables_are_rendered_from_their_cells_not_their_csv():
+    table = AccuracyTable([("intact", {1: 75.0}), ('a, "b"', {1: 50.0})], n_examples=4)
+    assert record_table(table) == (
+        "<table><thead><tr><th>configuration</th><th>top-1 acc (%)</th>"
+        "<th>top-1 drop (pp)</th></tr></thead><tbody>"
+        "<tr><td>intact</td><td>75.00</td><td>0.00</td></tr>"
+        "<tr><td>a, &quot;b&quot;</td><td>50.00</td><td>25.00</td></tr></tbody></table>"
     )

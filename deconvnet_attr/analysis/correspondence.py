@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deconvnet_attr.analysis.features import flat_layer_outputs
+from deconvnet_attr.tables import RecordTable
 from deconvnet_attr.taps import LayerSpec, display_name, resolve_layers
 
 __all__ = [
@@ -210,7 +211,7 @@ covers the handle in most bags), so the bag's part is a body corner."""
 
 
 @dataclass(frozen=True)
-class CorrespondenceTable:
+class CorrespondenceTable(RecordTable):
     """Δ for several parts, each over ``n_sets`` random sets of ``n_images`` images of its class.
 
     ``part`` (P, S, L): Δ per part, image set and layer. ``random`` and ``shared`` (P, S·R, L): the
@@ -224,6 +225,22 @@ class CorrespondenceTable:
     random: Tensor
     shared: Tensor
     n_images: int
+
+    def _records(self) -> list[list[str]]:
+        header = ["part"] + [
+            f"{layer} {kind}"
+            for layer in self.layers
+            for kind in ("part", "random", "shared random")
+        ]
+        body = []
+        for p, part in enumerate(self.parts):
+            cells = [part.name]
+            for col in range(len(self.layers)):
+                for data in (self.part, self.random, self.shared):
+                    values = data[p, :, col]
+                    cells.append(f"{values.mean():.3f} ± {values.std(correction=0):.3f}")
+            body.append(cells)
+        return [header, *body]
 
 
 def part_images(
@@ -323,24 +340,7 @@ def correspondence_table(
 
 def correspondence_markdown(table: CorrespondenceTable) -> str:
     """The table as Markdown, mean ± std per layer: part, random box, shared random box."""
-    head = (
-        "| part | "
-        + " | ".join(
-            f"{layer} {kind}"
-            for layer in table.layers
-            for kind in ("part", "random", "shared random")
-        )
-        + " |"
-    )
-    lines = [head, "|" + "---|" * (1 + 3 * len(table.layers))]
-    for p, part in enumerate(table.parts):
-        cells = []
-        for col in range(len(table.layers)):
-            for data in (table.part, table.random, table.shared):
-                values = data[p, :, col]
-                cells.append(f"{values.mean():.3f} ± {values.std(correction=0):.3f}")
-        lines.append(f"| {part.name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return table.to_markdown() + "\n"
 
 
 def _check_boxes(boxes: object, n: int, height: int, width: int) -> Tensor:

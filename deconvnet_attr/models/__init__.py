@@ -1,20 +1,15 @@
-"""ZFNet models and the bundled Fashion-MNIST reference (see :mod:`.zfnet`, :mod:`.reference`)."""
+"""ZFNet models, the bundled Fashion-MNIST reference and the one model factory (see :mod:`.zfnet`,
+:mod:`.reference`, :mod:`.factory`)."""
 
-from .reference import (
-    ARCHS,
-    build_model,
-    load_checkpoints,
-    load_model,
-    load_reference,
-    save_model,
-)
+from .factory import create_model
+from .reference import ARCHS, load_checkpoints, load_model, load_reference, save_model
 from .zfnet import REMOVABLE_LAYERS, ZFNet, zfnet, zfnet_fashion
 
 __all__ = [
     "ARCHS",
     "REMOVABLE_LAYERS",
     "ZFNet",
-    "build_model",
+    "create_model",
     "load_checkpoints",
     "load_model",
     "load_reference",

@@ -36,7 +36,6 @@ __all__ = [
     "ARCHS",
     "ARCH_CONFIGS",
     "REFERENCE_FILE",
-    "build_model",
     "load_checkpoints",
     "load_model",
     "load_reference",
@@ -48,13 +47,6 @@ ARCHS: dict[str, Callable[..., ZFNet]] = {"zfnet": zfnet, "zfnet-fashion": zfnet
 ARCH_CONFIGS: dict[str, ZFNetConfig] = {"zfnet": ZFNET_IMAGENET, "zfnet-fashion": ZFNET_FASHION}
 REFERENCE_FILE = "zfnet_fashion.pt"
 _SNAPSHOT = re.compile(r"zfnet_fashion_epoch(\d+)\.pt")
-
-
-def build_model(arch: str, num_classes: int, remove: tuple[str, ...] | list[str] = ()) -> ZFNet:
-    """Build an untrained model by arch name (a key of :data:`ARCHS`)."""
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
-    return ARCHS[arch](num_classes=num_classes, remove=tuple(remove))
 
 
 def model_record(model: ZFNet, arch: str, epoch: int, dtype: torch.dtype | None = None) -> dict:
@@ -103,9 +95,12 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         raise ValueError(f"{path} is not a deconvnet-attr model file (missing {sorted(missing)})")
     if "config" in record:
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in record["config"].items()}
-        model = build_zfnet(ZFNetConfig(**fields), record["num_classes"], record["remove"])
+        config = ZFNetConfig(**fields)
+    elif record["arch"] in ARCH_CONFIGS:  # files written before the config was stored
+        config = ARCH_CONFIGS[record["arch"]]
     else:
-        model = build_model(record["arch"], record["num_classes"], record["remove"])
+        raise ValueError(f"{path} holds unknown arch {record['arch']!r}; known: {', '.join(ARCHS)}")
+    model = build_zfnet(config, record["num_classes"], record["remove"])
     model.load_state_dict(
         {k: v.float() if v.is_floating_point() else v for k, v in record["model"].items()}
     )

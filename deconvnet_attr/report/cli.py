@@ -1,0 +1,265 @@
+"""``deconvnet-attr report``: the command line, and loading the model, images and checkpoints it
+names into a :class:`~.context.ReportContext`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+from deconvnet_attr import data as data_module
+from deconvnet_attr import models
+from deconvnet_attr.analysis.correspondence import FASHION_MNIST_PARTS
+from deconvnet_attr.taps import resolve_layers
+
+from .build import build_report
+from .context import ReportContext
+
+__all__ = ["context_from_args", "load_weights", "main", "parse_args", "with_input_normalization"]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Arguments of ``deconvnet-attr report``."""
+    p = argparse.ArgumentParser(
+        prog="deconvnet-attr report",
+        description="Build the offline HTML report of the paper's analyses (figures + tables).",
+    )
+    p.add_argument("--out", required=True, type=Path, help="output directory (index.html, PNGs)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="torchvision/timm architecture name (timm:NAME, torchvision:NAME), module:factory, "
+        "a deconvnet-attr arch (zfnet, zfnet-fashion) or model file (default: the bundled "
+        "Fashion-MNIST reference model)",
+    )
+    p.add_argument("--weights", type=Path, help="weights file (a state dict or a checkpoint dict)")
+    p.add_argument("--num-classes", type=int, help="classes of --model (default: its default)")
+    p.add_argument("--images", type=Path, help="ImageFolder directory (default: bundled subset)")
+    p.add_argument(
+        "--folder-labels",
+        action="store_true",
+        help="the ImageFolder's sorted class folders are the model's classes 0..K-1",
+    )
+    p.add_argument("--input-size", type=int, default=224, help="image side for --images")
+    p.add_argument("--mean", help="comma-separated per-channel mean the model expects")
+    p.add_argument("--std", help="comma-separated per-channel std the model expects")
+    p.add_argument(
+        "--layers",
+        help="comma-separated layer names (default: reference conv1..conv5; for "
+        "other models up to 5 convolutions spread through the network)",
+    )
+    p.add_argument(
+        "--checkpoints",
+        nargs="+",
+        type=Path,
+        metavar="EPOCH=FILE",
+        help="training snapshots for the evolution figure, as EPOCH=weights-file",
+    )
+    p.add_argument("--max-images", type=int, default=1000, help="images used (default 1000)")
+    p.add_argument("--k", type=int, default=9, help="top activations per channel (default 9)")
+    p.add_argument("--channels", type=int, default=16, help="channels shown per layer")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="images per forward pass and seeds per projection pass (default: 256 for "
+        "the bundled data, 32 for --images)",
+    )
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small smoke-test report: 64 images, 4 channels, top-4, 2 layers, "
+        "2 checkpoints, fewer images and steps in the other analyses",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    args = p.parse_args(argv)
+    if args.batch_size is None:
+        args.batch_size = 32 if args.images else 256
+    if args.quick:
+        args.max_images, args.channels, args.k = min(args.max_images, 64), 4, 4
+    for name in ("max_images", "k", "channels", "batch_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    return args
+
+
+def _floats(text: str, name: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--{name} must be comma-separated numbers, got {text!r}") from None
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load a state dict, or the ``model``/``state_dict`` entry of a checkpoint dict, strictly."""
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    model.load_state_dict(state)
+
+
+def with_input_normalization(
+    model: nn.Module, mean: Sequence[float], std: Sequence[float]
+) -> nn.Module:
+    """``model`` made to take images ``(N, C, H, W)`` in [0, 1]: it first applies
+    ``(x - mean) / std`` per channel.
+
+    The model's class is replaced by a subclass whose ``forward(x)`` normalises (mean and std
+    become buffers ``input_mean``/``input_std``), so module names are unchanged and ``torch.fx``
+    tracing (receptive fields, incremental occlusion) sees the normalisation — a forward
+    pre-hook on the root would be skipped by tracing. Returns the same (modified) object.
+    """
+    base = type(model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return base.forward(self, (x - self.input_mean) / self.input_std)
+
+    model.register_buffer("input_mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1))
+    model.register_buffer("input_std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
+    model.__class__ = type(f"Normalized{base.__name__}", (base,), {"forward": forward})
+    return model
+
+
+def _default_layers(model: nn.Module, count: int = 5) -> list[str]:
+    convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if len(convs) <= count:
+        return convs
+    picks = torch.linspace(0, len(convs) - 1, count).round().long().tolist()
+    return [convs[i] for i in dict.fromkeys(picks)]
+
+
+def _evenly(dataset: Dataset, count: int) -> Dataset:
+    total = len(dataset)  # type: ignore[arg-type]
+    if count >= total:
+        return dataset
+    return Subset(dataset, torch.linspace(0, total - 1, count).round().long().tolist())
+
+
+class _WithLabels(Dataset):
+    """``(image, -1)`` pairs from an ImageFolder whose class folders are not the model's."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.dataset[index][0], -1
+
+
+def context_from_args(args: argparse.Namespace, command: str = "") -> ReportContext:
+    """Load the model, images and checkpoints named by the command-line arguments."""
+    if bool(args.mean) != bool(args.std):
+        raise ValueError("--mean and --std go together")
+
+    def prepared(net: nn.Module) -> nn.Module:
+        if args.mean:
+            net = with_input_normalization(
+                net, _floats(args.mean, "mean"), _floats(args.std, "std")
+            )
+        return net.to(args.device).eval()
+
+    def load(weights: Path | None) -> nn.Module:
+        if args.model is None and weights is not None:  # a deconvnet-attr model file
+            return models.create_model(weights)
+        net = models.create_model(args.model, args.num_classes)
+        if weights is not None:
+            load_weights(net, weights)
+        return net
+
+    checkpoints: dict[int, nn.Module] | None = None
+    parts = None
+    if args.model is None and args.weights is None:
+        model: nn.Module = models.load_reference()
+        name = "ZFNet (Fashion-MNIST reference)"
+        checkpoints = dict(models.load_checkpoints())
+    else:
+        model = load(args.weights)
+        name = args.model or "deconvnet-attr model"
+        name += f" ({args.weights.name})" if args.weights else " (untrained)"
+    if args.checkpoints:
+        checkpoints = {}
+        for spec in args.checkpoints:
+            epoch, sep, path = str(spec).partition("=")
+            if not sep or not epoch.isdigit():
+                raise ValueError(f"--checkpoints entries must be EPOCH=FILE, got {str(spec)!r}")
+            checkpoints[int(epoch)] = load(Path(path))
+    model = prepared(model)
+    if checkpoints:
+        checkpoints = {epoch: prepared(net) for epoch, net in checkpoints.items()}
+
+    class_names = getattr(model, "class_names", None)
+    if args.images is None:
+        images, labels = data_module.load_eval_subset()
+        dataset: Dataset = _evenly(TensorDataset(images, labels), args.max_images)
+        data_name, has_labels = "bundled Fashion-MNIST evaluation subset", True
+        class_names = class_names or data_module.FASHION_MNIST_CLASSES
+        parts = FASHION_MNIST_PARTS
+    else:
+        in_channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
+        transform = data_module.image_folder_transform(args.input_size, in_channels, train=False)
+        folder = data_module.image_folder(args.images, transform=transform)
+        has_labels = args.folder_labels
+        dataset = _evenly(folder if has_labels else _WithLabels(folder), args.max_images)
+        data_name = f"image folder {args.images}"
+        if has_labels and class_names is None:
+            class_names = tuple(folder.classes)
+    if args.layers:
+        layers = [layer.strip() for layer in args.layers.split(",") if layer.strip()]
+    elif args.model is None:
+        layers = [f"conv{i}" for i in range(1, 6) if hasattr(model, f"conv{i}")]
+    else:
+        layers = _default_layers(model)
+    resolve_layers(model, layers)  # LayerError (a ValueError) naming an unknown layer
+    if args.quick:
+        layers = layers[:2]
+        if checkpoints:
+            epochs = sorted(checkpoints)
+            checkpoints = {e: checkpoints[e] for e in (epochs[0], epochs[-1])}
+    return ReportContext(
+        model=model,
+        model_name=name,
+        data=dataset,
+        data_name=data_name,
+        layers=layers,
+        out=args.out,
+        class_names=class_names,
+        has_labels=has_labels,
+        checkpoints=checkpoints,
+        k=args.k,
+        channels=args.channels,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        quick=args.quick,
+        command=command,
+        parts=parts,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``deconvnet-attr report``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    matplotlib.use("Agg")
+    start = time.perf_counter()
+    ctx = context_from_args(args, command="deconvnet-attr report " + " ".join(argv))
+    index = build_report(ctx)
+    print(f"report written to {index} in {time.perf_counter() - start:.1f} s")
+    return 0

@@ -1,0 +1,81 @@
+"""What the report's section builders share: the :class:`ReportContext` and the :class:`Section`
+each returns."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from deconvnet_attr.mining import TopActivations
+
+__all__ = ["Mined", "ReportContext", "Section", "SectionBuilder"]
+
+
+@dataclass
+class Section:
+    """One part of the report: a title and its HTML body (figures referenced by file name)."""
+
+    title: str
+    body: str
+
+
+@dataclass
+class ReportContext:
+    """Everything the section builders share.
+
+    ``data`` is a map-style dataset of ``(image, label)`` pairs, images ``(C, H, W)`` in [0, 1]
+    (labels are -1 when unknown); ``layers`` are names of spatial layers of ``model`` analysed in
+    the per-layer sections; ``checkpoints`` maps an epoch to a model (training snapshots);
+    ``parts`` are the object parts of the correspondence analysis
+    (:data:`~deconvnet_attr.analysis.correspondence.FASHION_MNIST_PARTS` for Fashion-MNIST).
+    """
+
+    model: nn.Module
+    model_name: str
+    data: Dataset
+    data_name: str
+    layers: list[str]
+    out: Path
+    class_names: tuple[str, ...] | None = None
+    has_labels: bool = False
+    checkpoints: Mapping[int, nn.Module] | None = None
+    k: int = 9
+    channels: int = 16
+    batch_size: int = 64
+    progress: bool = True
+    quick: bool = False
+    command: str = ""
+    parts: Sequence | None = None
+
+    def loader(self) -> DataLoader:
+        """The data in order, in batches of ``batch_size``."""
+        return DataLoader(self.data, batch_size=self.batch_size)
+
+    def images(self, n: int | None = None) -> tuple[Tensor, Tensor]:
+        """The first ``n`` (default all) images ``(n, C, H, W)`` and labels ``(n,)``."""
+        count = len(self.data) if n is None else min(n, len(self.data))  # type: ignore[arg-type]
+        items = [self.data[i] for i in range(count)]
+        return torch.stack([x for x, _ in items]), torch.as_tensor([int(y) for _, y in items])
+
+    def save(self, fig: Figure, name: str, alt: str) -> str:
+        """Write ``fig`` as ``out/name`` (PNG) and return the ``<img>`` tag that shows it."""
+        fig.savefig(self.out / name, dpi=110)
+        plt.close(fig)
+        return f'<img src="{html.escape(name)}" alt="{html.escape(alt)}">'
+
+
+Mined = Mapping[str, TopActivations]
+"""The top-``k`` activations of each analysed layer (``ctx.layers``, in order), mined once per
+report by :func:`~deconvnet_attr.report.build.mine_layers` and handed to every section."""
+
+SectionBuilder = Callable[[ReportContext, Mined], "Section | None"]
+"""A section builder: ``builder(ctx, mined)`` writes its figures into ``ctx.out`` and returns its
+:class:`Section`, or ``None`` when the analysis does not apply."""

@@ -1,0 +1,196 @@
+"""The report's sections on the analysed layers, and :data:`SECTIONS`, the report in order.
+
+Each builder takes the :class:`~.context.ReportContext` and the layers' mined top activations
+(:data:`~.context.Mined`), writes its figures and returns a :class:`~.context.Section`, or
+``None`` when the analysis does not apply (e.g. no training checkpoints for the evolution figure).
+The sections on the whole model (invariance, occlusion, correspondence, ablation) are in
+:mod:`.studies`.
+"""
+
+from __future__ import annotations
+
+import html
+
+import torch
+from torch import Tensor
+
+from deconvnet_attr.analysis.evolution import feature_evolution
+from deconvnet_attr.geometry import (
+    GeometryError,
+    ReceptiveField,
+    receptive_field,
+    receptive_field_crop,
+    receptive_field_table,
+)
+from deconvnet_attr.mining import TopActivations, project_top_activations
+from deconvnet_attr.viz import plot_evolution, plot_feature_grid
+
+from .context import Mined, ReportContext, Section, SectionBuilder
+from .html import html_table, paragraph
+from .studies import ablation_section, correspondence_section, invariance_section, occlusion_section
+
+__all__ = [
+    "SECTIONS",
+    "evolution_section",
+    "feature_grid_section",
+    "followed_channels",
+    "overview_section",
+    "receptive_field_section",
+]
+
+
+def overview_section(ctx: ReportContext, mined: Mined) -> Section:
+    """The model, the data and the layers analysed."""
+    example, _ = ctx.data[0]
+    params = sum(p.numel() for p in ctx.model.parameters())
+    rows = [
+        ("model", ctx.model_name),
+        ("parameters", f"{params:,}"),
+        ("input", f"{tuple(example.shape)} images in [0, 1]"),
+        ("data", f"{ctx.data_name}: {len(ctx.data):,} images"),  # type: ignore[arg-type]
+        ("layers analysed", ", ".join(ctx.layers)),
+        ("classes", ", ".join(ctx.class_names) if ctx.class_names else "unknown"),
+    ]
+    if ctx.checkpoints:
+        rows.append(("training checkpoints", ", ".join(str(e) for e in sorted(ctx.checkpoints))))
+    return Section("Overview", html_table(("", ""), rows))
+
+
+def receptive_field_section(ctx: ReportContext, mined: Mined) -> Section:
+    """Receptive field of every convolution and pooling layer (size, stride, offset)."""
+    example = ctx.data[0][0][None]
+    rows = [
+        (
+            row.name + (" *" if row.name in ctx.layers else ""),
+            row.kind,
+            "×".join(str(s) for s in row.output_shape[1:]),
+            "×".join(str(s) for s in row.field.size),
+            "×".join(str(s) for s in row.field.stride),
+            ", ".join(str(s) for s in row.field.offset),
+        )
+        for row in receptive_field_table(ctx.model, example)
+    ]
+    intro = paragraph(
+        "Exact receptive field of one output unit of each convolution and pooling layer, traced "
+        "through the network. Unit (i, j) sees input rows offset[0] + i·stride[0] to that plus "
+        "size[0] − 1 (before clipping to the image), likewise columns. * = analysed below."
+    )
+    header = ("layer", "op", "output (C×H×W)", "size (h×w)", "stride", "offset (row, col)")
+    return Section("Receptive fields", intro + html_table(header, rows))
+
+
+def _strongest(top: TopActivations, count: int) -> Tensor:
+    """Rows of ``top`` of the ``count`` channels with the largest mean top-k activation,
+    strongest first."""
+    order = torch.argsort(top.values.mean(dim=1), descending=True, stable=True)
+    return order[:count]
+
+
+def followed_channels(mined: Mined, per_layer: int) -> dict[str, Tensor]:
+    """``{layer: channels}``: the ``per_layer`` strongest channels of each mined layer (largest
+    mean top-k activation first), the ones the evolution figure follows."""
+    return {layer: top.channels[_strongest(top, per_layer)] for layer, top in mined.items()}
+
+
+def _subset(top: TopActivations, rows: Tensor) -> TopActivations:
+    return TopActivations(
+        top.values[rows], top.indices[rows], top.locations[rows], top.channels[rows]
+    )
+
+
+def _field(ctx: ReportContext, layer: str) -> ReceptiveField | None:
+    """The layer's receptive field, or ``None`` when it has none (e.g. after a linear layer)."""
+    try:
+        return receptive_field(ctx.model, layer, ctx.data[0][0][None])
+    except GeometryError:
+        return None
+
+
+def _crop(field: ReceptiveField | None, images: Tensor, locations: Tensor) -> Tensor:
+    """``images`` ``(M, C, H, W)`` cut to the receptive field of the unit at each of
+    ``locations`` ``(M, S)`` (NaN outside the image); unchanged when the layer has no receptive
+    field or no 2-d map (``S != 2``)."""
+    if field is None or locations.shape[-1] != 2:
+        return images
+    return receptive_field_crop(field, images, locations, fill=float("nan"))
+
+
+def feature_grid_section(ctx: ReportContext, mined: Mined) -> Section:
+    """Fig. 2: per layer, top-k deconvnet projections beside their receptive-field patches."""
+    body = [
+        paragraph(
+            f"For each layer, the {ctx.channels} channels with the strongest top-{ctx.k} "
+            f"activations over the {len(ctx.data):,} images. Each block: left, the top-{ctx.k} "  # type: ignore[arg-type]
+            "activations projected to pixel space by the deconvnet (each contrast-stretched, grey "
+            "= 0); right, the image patches inside the receptive field of the projected unit "
+            "(blue: the part of the field outside the image). "
+            "Strongest first, row by row."
+        )
+    ]
+    for layer, top in mined.items():
+        shown = _subset(top, _strongest(top, ctx.channels))
+        projections = project_top_activations(
+            ctx.model, layer, ctx.data, shown, batch_size=ctx.batch_size, progress=ctx.progress
+        )
+        field = _field(ctx, layer)
+        proj_sets, patch_sets = [], []
+        for c in range(len(shown.channels)):
+            images = torch.stack([ctx.data[int(i)][0] for i in shown.indices[c]])
+            proj_sets.append(_crop(field, projections[c], shown.locations[c]))
+            patch_sets.append(_crop(field, images, shown.locations[c]))
+        fig = plot_feature_grid(
+            proj_sets,
+            patch_sets,
+            labels=[f"ch {int(c)}" for c in shown.channels],
+            title=f"{layer}: top-{ctx.k} projections | receptive-field patches",
+        )
+        body.append(f"<h3>{html.escape(layer)}</h3>")
+        body.append(ctx.save(fig, f"fig2-{layer}.png", f"feature grid of {layer}"))
+    return Section("Top activations and their projections (Fig. 2)", "\n".join(body))
+
+
+def evolution_section(ctx: ReportContext, mined: Mined) -> Section | None:
+    """Fig. 4: the strongest projection of a few channels per layer across checkpoints."""
+    if not ctx.checkpoints or len(ctx.checkpoints) < 2:
+        return None
+    body = [
+        paragraph(
+            "The strongest activation of each channel over the data set, projected to pixel "
+            "space, at each training checkpoint (columns). Channels are the strongest ones of the "
+            "final model. Lower layers settle within a few epochs, upper layers later."
+        )
+    ]
+    followed = followed_channels(mined, per_layer=max(1, min(ctx.channels // 2, 6)))
+    results = feature_evolution(
+        ctx.checkpoints, followed, ctx.data, batch_size=ctx.batch_size, progress=ctx.progress
+    )
+    for layer, result in results.items():
+        projections = result.projections
+        cropped = _crop(
+            _field(ctx, layer), projections.flatten(0, 1), result.locations.flatten(0, 1)
+        )
+        projections = cropped.reshape(*projections.shape[:2], *cropped.shape[1:])
+        fig = plot_evolution(
+            projections,
+            result.epochs.tolist(),
+            labels=[f"ch {int(c)}" for c in result.channels],
+            title=f"{layer}: strongest projection per epoch",
+        )
+        channels = ", ".join(str(int(c)) for c in result.channels)
+        body.append(f"<h3>{html.escape(layer)}</h3>")
+        body.append(paragraph(f"channels followed: {channels}"))
+        body.append(ctx.save(fig, f"fig4-{layer}.png", f"feature evolution of {layer}"))
+    return Section("Feature evolution during training (Fig. 4)", "\n".join(body))
+
+
+SECTIONS: list[SectionBuilder] = [
+    overview_section,
+    receptive_field_section,
+    feature_grid_section,
+    evolution_section,
+    invariance_section,
+    occlusion_section,
+    correspondence_section,
+    ablation_section,
+]
+"""The report's sections, in order; each builder is independent of the others."""
