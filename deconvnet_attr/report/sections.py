@@ -22,7 +22,8 @@ from deconvnet_attr.geometry import (
     receptive_field_crop,
     receptive_field_table,
 )
-from deconvnet_attr.mining import TopActivations, project_top_activations
+from deconvnet_attr.mining import TopActivations
+from deconvnet_attr.projection import project_top_activations
 from deconvnet_attr.viz import plot_evolution, plot_feature_grid
 
 from .context import Mined, ReportContext, Section, SectionBuilder
