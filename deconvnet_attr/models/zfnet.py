@@ -43,7 +43,11 @@ __all__ = [
     "ZFNet",
     "ZFNetConfig",
     "Normalize",
+    "FIG6_ALEXNET_STEM",
+    "FIG6_ZFNET_STEM",
     "build_zfnet",
+    "fig6_alexnet_stem",
+    "fig6_zfnet_stem",
     "zfnet",
     "zfnet_fashion",
 ]
@@ -118,6 +122,39 @@ ZFNET_FASHION = ZFNetConfig(
     input_size=28,
     conv1=(16, 7, 1, 3),
     conv2=(32, 5, 1, 2),
+    convs=(48, 48, 32),
+    pool_padding=(1, 1, 0),
+    pool5_size=3,
+    fc=(384, 384),
+    mean=FASHION_MNIST_MEAN,
+    std=FASHION_MNIST_STD,
+    init="kaiming",
+)
+
+
+# Fig. 6 stems on Fashion-MNIST upsampled 4x (112 px = half of 224): the paper's kernels and
+# strides, everything after conv2 as ZFNET_FASHION, so both end in the same 7x7 map at conv3.
+# AlexNet stem: 112 -> conv1 11x11/4 27 -> pool1 14 -> conv2 5x5/1 14 -> pool2 7 -> pool5 3.
+FIG6_ALEXNET_STEM = ZFNetConfig(
+    in_channels=1,
+    input_size=112,
+    conv1=(16, 11, 4, 2),
+    conv2=(32, 5, 1, 2),
+    convs=(48, 48, 32),
+    pool_padding=(1, 1, 0),
+    pool5_size=3,
+    fc=(384, 384),
+    mean=FASHION_MNIST_MEAN,
+    std=FASHION_MNIST_STD,
+    init="kaiming",
+)
+
+# ZFNet stem: 112 -> conv1 7x7/2 54 -> pool1 27 -> conv2 5x5/2 14 -> pool2 7 -> pool5 3.
+FIG6_ZFNET_STEM = ZFNetConfig(
+    in_channels=1,
+    input_size=112,
+    conv1=(16, 7, 2, 1),
+    conv2=(32, 5, 2, 2),
     convs=(48, 48, 32),
     pool_padding=(1, 1, 0),
     pool5_size=3,
@@ -238,3 +275,22 @@ def zfnet_fashion(num_classes: int = 10, remove: Sequence[str] = ()) -> ZFNet:
     standard deviation of ~5e-8 at initialisation on Fashion-MNIST), so gradients vanish.
     """
     return build_zfnet(ZFNET_FASHION, num_classes, remove)
+
+
+def fig6_alexnet_stem(num_classes: int = 10, remove: Sequence[str] = ()) -> ZFNet:
+    """Fig. 6's AlexNet-stem net: ``(N, 1, 112, 112)`` in [0, 1] → ``(N, num_classes)``.
+
+    conv1 is AlexNet's 11x11 stride 4 (padding 2), conv2 5x5 stride 1; the rest is
+    :func:`zfnet_fashion`'s. For Fashion-MNIST upsampled 4x
+    (:func:`deconvnet_attr.data.upsample_images`); see ``docs/fig6.md``.
+    """
+    return build_zfnet(FIG6_ALEXNET_STEM, num_classes, remove)
+
+
+def fig6_zfnet_stem(num_classes: int = 10, remove: Sequence[str] = ()) -> ZFNet:
+    """Fig. 6's ZFNet-stem net: ``(N, 1, 112, 112)`` in [0, 1] → ``(N, num_classes)``.
+
+    conv1 is ZFNet's 7x7 stride 2 (padding 1), conv2 5x5 stride 2 (padding 2, so both Fig. 6
+    stems reach the same 14x14 conv2 map); the rest is :func:`zfnet_fashion`'s.
+    """
+    return build_zfnet(FIG6_ZFNET_STEM, num_classes, remove)
