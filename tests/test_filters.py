@@ -35,7 +35,7 @@ def bank(*filters: np.ndarray) -> torch.Tensor:
 
 
 def numpy_aliasing(w: np.ndarray, stride: int, size: int) -> float:
-    """Independent reference: written-out 2-D DFT of one (C, k, k) filter, energy outside the band."""
+    """Independent reference: written-out DFT of one (C, k, k) filter, energy outside the band."""
     total = folded = 0.0
     k = w.shape[-1]
     n = np.arange(size)

@@ -79,8 +79,10 @@ class FilterDiagnostics:
 
     def to_markdown(self) -> str:
         """A per-filter markdown table (filter, RMS, structure, response std, aliasing, dead)."""
-        head = "| filter | RMS | structure | response std | aliasing | dead |\n|---:|---:|---:|---:|---:|:---:|"
-        rows = [head]
+        rows = [
+            "| filter | RMS | structure | response std | aliasing | dead |",
+            "|---:|---:|---:|---:|---:|:---:|",
+        ]
         for i in range(len(self.rms)):
             std = "—" if self.response_std is None else f"{float(self.response_std[i]):.4g}"
             rows.append(

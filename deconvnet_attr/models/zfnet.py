@@ -15,9 +15,14 @@ plain module composition (easy to trace, hook and ablate). Children, in order::
     fc7 relu7 drop7                 layer 7: fully connected, dropout 0.5
     fc8                             layer 8: class logits
 
-Contrast normalisation is ``nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)`` (the
-across-channel normalisation of Krizhevsky et al. that the paper reuses). ReLUs are not in-place,
-so activation hooks see every intermediate tensor.
+Contrast normalisation is Krizhevsky et al.'s across-channel normalisation (which the paper
+reuses), ``b_c = a_c / (k + alpha * sum_{c' within 2 of c} a_c'^2)^beta`` with ``k = 2``,
+``beta = 0.75`` and, for :func:`zfnet`, his ``alpha = 1e-4``. PyTorch's ``nn.LocalResponseNorm``
+divides its ``alpha`` by the window ``size`` (5), so the module gets ``alpha = 5 * lrn_alpha``
+(:attr:`ZFNetConfig.lrn_alpha`). The small Fashion-MNIST models keep the ``lrn_alpha = 2e-5``
+they were trained with (module alpha 1e-4): with their activation scale the sum term is tiny and
+the layer is, in effect, a constant ``2 ** -0.75 = 0.5946`` (see ``docs/fig6.md``).
+ReLUs are not in-place, so activation hooks see every intermediate tensor.
 
 Removing layers (``remove=``) builds the architecture variant of the paper's Table 3 ablations:
 ``conv3``, ``conv4``, ``conv5``, ``fc6`` and ``fc7`` may be removed, each together with its ReLU
@@ -53,6 +58,7 @@ __all__ = [
 ]
 
 REMOVABLE_LAYERS = ("conv3", "conv4", "conv5", "fc6", "fc7")
+LRN_SIZE = 5  # channels in the contrast-normalisation window
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -85,7 +91,9 @@ class ZFNetConfig:
     of (pool1, pool2, pool5), all 3x3 windows with stride 2; ``convs`` are the channel counts of
     conv3..conv5 (3x3, stride 1, padding 1); ``fc`` the widths of fc6 and fc7. ``pool5_size`` is the
     side of the pool5 map for an ``input_size`` input; ``init`` is ``"paper"`` (N(0, 0.01)) or
-    ``"kaiming"`` (He normal, fan-in).
+    ``"kaiming"`` (He normal, fan-in). ``lrn_alpha`` is Krizhevsky's contrast-normalisation
+    ``alpha`` (the coefficient of the sum of squares; ``nn.LocalResponseNorm`` gets 5x it). Its
+    default, 2e-5, is what model files written before the field existed were built with.
     """
 
     in_channels: int
@@ -99,6 +107,7 @@ class ZFNetConfig:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     init: str
+    lrn_alpha: float = 2e-5
 
 
 # 224 -> conv1 110 -> pool1 55 -> conv2 26 -> pool2 13 -> conv3..5 13 -> pool5 6; fc6 9216 inputs.
@@ -114,6 +123,7 @@ ZFNET_IMAGENET = ZFNetConfig(
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
     init="paper",
+    lrn_alpha=1e-4,
 )
 
 # 28 -> conv1 28 -> pool1 14 -> conv2 14 -> pool2 7 -> conv3..5 7 -> pool5 3; fc6 has 32*9 inputs.
@@ -214,11 +224,15 @@ def build_zfnet(config: ZFNetConfig, num_classes: int, remove: Sequence[str] = (
     layers["conv1"] = nn.Conv2d(config.in_channels, c1, k1, stride=s1, padding=pad1)
     layers["relu1"] = nn.ReLU()
     layers["pool1"] = nn.MaxPool2d(3, stride=2, padding=p1)
-    layers["norm1"] = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+    layers["norm1"] = nn.LocalResponseNorm(
+        LRN_SIZE, alpha=LRN_SIZE * config.lrn_alpha, beta=0.75, k=2.0
+    )
     layers["conv2"] = nn.Conv2d(c1, c2, k2, stride=s2, padding=pad2)
     layers["relu2"] = nn.ReLU()
     layers["pool2"] = nn.MaxPool2d(3, stride=2, padding=p2)
-    layers["norm2"] = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+    layers["norm2"] = nn.LocalResponseNorm(
+        LRN_SIZE, alpha=LRN_SIZE * config.lrn_alpha, beta=0.75, k=2.0
+    )
     channels = c2
     for i, width in zip((3, 4, 5), config.convs, strict=True):
         if f"conv{i}" in removed:
