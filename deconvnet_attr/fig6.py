@@ -71,6 +71,8 @@ class Fig6Row:
     accuracy: float
     dead: int
     filters: int
+    dead2: int
+    filters2: int
     aliasing: float
     noise_aliasing: float
     shift_change: float
@@ -90,6 +92,7 @@ class Fig6Table(RecordTable):
             "clipping",
             f"accuracy ({self.images} images)",
             "dead conv1 filters",
+            "dead conv2 filters",
             "conv1 aliasing (white noise)",
             "relu2 shift change",
         ]
@@ -100,6 +103,7 @@ class Fig6Table(RecordTable):
                 "on" if r.clipping else "off",
                 f"{r.accuracy:.4f}",
                 f"{r.dead}/{r.filters}",
+                f"{r.dead2}/{r.filters2}",
                 f"{r.aliasing:.3f} ({r.noise_aliasing:.3f})",
                 f"{r.shift_change:.4f}",
             ]
@@ -124,8 +128,9 @@ def fig6_table(
 ) -> Fig6Table:
     """Measure each model on 28 px ``images`` ``(N, 1, 28, 28)`` / ``labels`` ``(N,)``.
 
-    Per model: top-1 accuracy on the upsampled images; conv1 filters dead by weights or by their
-    relu1 responses over the images (:func:`~.analysis.filters.filter_diagnostics`, ratio 0.1);
+    Per model: top-1 accuracy on the upsampled images; conv1 and conv2 filters dead by weights or
+    by their relu1/relu2 responses over the images (:func:`~.analysis.filters.filter_diagnostics`,
+    ratio 0.1);
     the mean conv1 aliasing score of the living filters; and :func:`shift_sensitivity` of relu2
     for 1..8 px shifts (8 = the stride of conv2's map in both stems) on the first
     ``shift_images`` images. Model names missing from :data:`FIG6_VARIANTS` get stem "?".
@@ -136,9 +141,8 @@ def fig6_table(
     for name, model in models.items():
         stem, clipping = FIG6_VARIANTS.get(name, ("?", False))
         logits = torch.cat([model(big[i : i + 256]) for i in range(0, len(big), 256)])
-        diag = filter_diagnostics(
-            model.conv1, layer_activations(model, "relu1", big), name=f"{name} conv1"
-        )
+        diag = filter_diagnostics(model.conv1, layer_activations(model, "relu1", big))
+        diag2 = filter_diagnostics(model.conv2, layer_activations(model, "relu2", big))
         rows.append(
             Fig6Row(
                 name=name,
@@ -147,6 +151,8 @@ def fig6_table(
                 accuracy=float((logits.argmax(1) == labels).double().mean()),
                 dead=diag.dead_count,
                 filters=len(diag.dead),
+                dead2=diag2.dead_count,
+                filters2=len(diag2.dead),
                 aliasing=diag.mean_aliasing,
                 noise_aliasing=diag.noise_aliasing,
                 shift_change=shift_sensitivity(model, "relu2", big[:shift_images], shifts=8),

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_data import write_fashion_root
 from torch import nn
 
 from deconvnet_attr.analysis.filters import (
@@ -16,6 +17,11 @@ from deconvnet_attr.analysis.filters import (
     layer_activations,
     shift_sensitivity,
 )
+from deconvnet_attr.data import load_eval_subset, upsample_images
+from deconvnet_attr.fig6 import FIG6_VARIANTS, fig6_table, load_fig6_models
+from deconvnet_attr.models import load_model
+from deconvnet_attr.train import main as train_main
+from deconvnet_attr.viz_filters import filter_mosaic, plot_filter_panels, weight_tiles
 
 
 def gabor(size: int = 7, freq: float = 0.06, sigma: float = 1.5, theta: float = 0.3) -> np.ndarray:
@@ -133,3 +139,78 @@ def test_shift_sensitivity_zero_for_stride1_box_and_positive_for_strided_checker
     assert all(torch.equal(v, before[k]) for k, v in box.state_dict().items())
     acts = layer_activations(box, "0", images, batch_size=3)
     torch.testing.assert_close(acts, nn.functional.conv2d(images, box[0].weight, padding=1))
+
+
+# --- Fig. 6 figure, data and shipped models ---------------------------------------------------
+
+
+def test_weight_tiles_stretch_each_filter_and_mosaic_frames_dead_ones():
+    w = torch.stack([torch.arange(9.0).view(1, 3, 3) - 4, torch.full((1, 3, 3), 2.0)])
+    tiles = weight_tiles(w)
+    np.testing.assert_allclose(tiles[0], (np.arange(9.0).reshape(3, 3)) / 8)
+    np.testing.assert_allclose(tiles[1], 0.5)
+    mosaic = filter_mosaic(tiles, columns=2, gap=1, dead=[False, True])
+    assert mosaic.shape == (5, 9, 3)
+    assert tuple(mosaic[0, 4]) == (0.85, 0.1, 0.1)  # frame of the dead tile
+    assert tuple(mosaic[0, 0]) == (1.0, 1.0, 1.0)  # white gap by the living one
+    np.testing.assert_allclose(mosaic[1:4, 1:4, 0], tiles[0])
+
+
+def test_plot_filter_panels_checks_keys():
+    w = {"a": torch.randn(4, 1, 5, 5), "b": torch.randn(4, 1, 3, 3)}
+    proj = {"a": torch.randn(4, 1, 9, 9), "b": torch.randn(4, 1, 9, 9)}
+    fig = plot_filter_panels(w, proj, dead={"a": [0, 1, 0, 0], "b": [0] * 4})
+    assert len(fig.axes) == 4
+    with pytest.raises(ValueError, match="conv2_projections"):
+        plot_filter_panels(w, {"a": proj["a"]})
+
+
+def test_upsample_images_is_bilinear_with_pixel_centres():
+    x = torch.rand(2, 1, 5, 6, dtype=torch.float64)
+    f = 4
+
+    def axis(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        src = np.clip((np.arange(n * f) + 0.5) / f - 0.5, 0, n - 1)
+        lo = np.floor(src).astype(int)
+        return lo, np.minimum(lo + 1, n - 1), src - lo
+
+    (r0, r1, wr), (c0, c1, wc) = axis(5), axis(6)
+    a = x.numpy()[:, :, :, :]
+    rows = a[:, :, r0] * (1 - wr)[:, None] + a[:, :, r1] * wr[:, None]
+    expected = rows[..., c0] * (1 - wc) + rows[..., c1] * wc
+    np.testing.assert_allclose(upsample_images(x, f).numpy(), expected, rtol=1e-12)
+    with pytest.raises(ValueError, match="0"):
+        upsample_images(x, 0)
+
+
+def test_shipped_fig6_models_load_and_reproduce_their_accuracy():
+    models = load_fig6_models()
+    assert list(models) == list(FIG6_VARIANTS)
+    assert models["alexnet_clipon"].conv1.kernel_size == (11, 11)
+    assert models["alexnet_clipon"].conv1.stride == (4, 4)
+    assert models["zfnet_clipoff"].conv1.kernel_size == (7, 7)
+    assert models["zfnet_clipoff"].conv1.stride == (2, 2)
+    x, y = load_eval_subset()
+    x, y = x[::5], y[::5]  # 200 images, 20 per class
+    table = fig6_table(models, x, y, shift_images=16)
+    for row, (name, model) in zip(table.rows, models.items(), strict=True):
+        with torch.no_grad():
+            big = nn.functional.interpolate(x, size=112, mode="bilinear", align_corners=False)
+            correct = sum(int(model(big[i : i + 1]).argmax()) == int(y[i]) for i in range(len(y)))
+        assert row.accuracy == correct / len(y)
+        assert row.accuracy >= 0.75, name  # docs/fig6.md: all four score >= 0.80 on 10k
+    assert "alexnet_clipon" in table.to_markdown()
+
+
+def test_train_fig6_arch_on_upsampled_synthetic_idx(tmp_path):
+    root = write_fashion_root(tmp_path, n_train=40, n_test=12)
+    out = tmp_path / "out"
+    argv = ["--arch", "fig6-alexnet-stem", "--fashion-root", root, "--out", out, "--no-progress"]
+    assert train_main([str(a) for a in [*argv, "--batch-size", "8", "--train-subset", "16"]]) == 0
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].split(",")[1] == "2"  # 16 images / batch 8 = 2 steps
+    model = load_model(out / "model_final.pt")
+    assert model.input_size == 112 and model.conv1.stride == (4, 4)
+    # 28 px data cannot feed a 112 px arch without upsampling by 4
+    bad = [*argv, "--upsample", "2", "--batch-size", "8"]
+    assert train_main([str(a) for a in bad]) == 2

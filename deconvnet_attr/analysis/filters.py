@@ -187,7 +187,8 @@ def filter_diagnostics(
             raise ValueError(
                 f"activations have {activations.shape[1]} channels, the layer {weight.shape[0]}"
             )
-        response_std = activations.detach().double().transpose(0, 1).flatten(1).std(1)
+        acts = activations.detach()
+        response_std = torch.stack([acts[:, f].double().std() for f in range(acts.shape[1])])
         dead = dead | (response_std <= dead_ratio * response_std.median())
     size = max(64, 2 * stride * -(-max(weight.shape[-2:]) // (2 * stride)))
     return FilterDiagnostics(
