@@ -180,8 +180,8 @@ def fig6_figure(models: Mapping[str, ZFNet], images: Tensor, table: Fig6Table) -
         for name, m in models.items()
     }
     captions = {
-        name: f"acc {rows[name].accuracy:.3f}, dead {rows[name].dead}, "
-        f"aliasing {rows[name].aliasing:.2f}"
+        name: f"acc {rows[name].accuracy:.3f}, dead conv1 {rows[name].dead}/{rows[name].filters}, "
+        f"conv2 {rows[name].dead2}/{rows[name].filters2}, aliasing {rows[name].aliasing:.2f}"
         for name in models
         if name in rows
     }
