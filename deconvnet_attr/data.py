@@ -17,9 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
 
 __all__ = [
     "DEFAULT_DEBIAN_DIR",
+    "UpsampledImages",
     "EVAL_SUBSET_FILE",
     "FASHION_MNIST_CLASSES",
     "fashion_mnist_files",
@@ -29,6 +32,7 @@ __all__ = [
     "load_fashion_mnist",
     "make_eval_subset",
     "read_idx",
+    "upsample_images",
 ]
 
 DEFAULT_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -144,6 +148,44 @@ def make_eval_subset(
     out = Path(out)
     np.savez_compressed(out, images=images[indices], labels=labels[indices], indices=indices)
     return out
+
+
+def upsample_images(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """Bilinear upsampling of ``(N, C, H, W)`` images by an integer ``factor`` → ``(N, C, fH, fW)``.
+
+    ``align_corners=False`` (pixel centres keep their positions); values stay in the input's range
+    because every output pixel is a convex combination of input pixels. Used for the Fig. 6 models,
+    which take Fashion-MNIST at 4x (112 px). Returns a new tensor; ``factor=1`` returns a copy.
+    """
+    if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
+        raise ValueError(f"factor must be a positive int, got {factor!r}")
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise ValueError(
+            f"images must be an (N, C, H, W) tensor, got {getattr(images, 'shape', images)!r}"
+        )
+    if factor == 1:
+        return images.clone()
+    return F.interpolate(images, scale_factor=factor, mode="bilinear", align_corners=False)
+
+
+class UpsampledImages(Dataset):
+    """``(image, label)`` pairs with each image upsampled on access (:func:`upsample_images`).
+
+    Keeps the small ``(N, C, H, W)`` images in memory (60,000 Fashion-MNIST images at 112 px
+    would take 3 GB) and returns ``(C, factor*H, factor*W)`` float images and int64 labels.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, factor: int) -> None:
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        upsample_images(images[:1], factor)  # validates images and factor
+        self.images, self.labels, self.factor = images, labels, factor
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return upsample_images(self.images[index : index + 1], self.factor)[0], self.labels[index]
 
 
 def image_folder_transform(input_size: int, in_channels: int, train: bool):

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from .clipping import feature_scale_clip
 from .data import (
     FASHION_MNIST_CLASSES,
+    UpsampledImages,
     image_folder,
     image_folder_transform,
     load_fashion_mnist,
@@ -65,6 +66,9 @@ ARCH_DEFAULTS = {
         "snapshot_epochs": "1,2,5",
     },
 }
+# The Fig. 6 stems (docs/fig6.md) train on Fashion-MNIST upsampled 4x with the fashion recipe.
+for _arch in ("fig6-alexnet-stem", "fig6-zfnet-stem"):
+    ARCH_DEFAULTS[_arch] = ARCH_DEFAULTS["zfnet-fashion"] | {"epochs": 1, "snapshot_epochs": ""}
 METRIC_FIELDS = (
     "epoch",
     "step",
@@ -123,6 +127,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(random horizontal flips are always applied)",
     )
     p.add_argument(
+        "--upsample",
+        type=int,
+        default=None,
+        help="Fashion-MNIST only: bilinear upsampling factor (default: input size / 28, so 4 "
+        "for the fig6-* archs)",
+    )
+    p.add_argument(
+        "--train-subset",
+        type=int,
+        default=None,
+        help="Fashion-MNIST only: train on the first N training images (the test set is whole)",
+    )
+    p.add_argument(
         "--max-steps",
         type=int,
         default=None,
@@ -150,6 +167,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--max-steps must be >= 1, got {args.max_steps}")
     if args.shift < 0:
         p.error(f"--shift must be >= 0, got {args.shift}")
+    if args.upsample is not None and args.upsample < 1:
+        p.error(f"--upsample must be >= 1, got {args.upsample}")
+    if args.train_subset is not None and args.train_subset < 1:
+        p.error(f"--train-subset must be >= 1, got {args.train_subset}")
     if args.clip_rms < 0:
         p.error(f"--clip-rms must be >= 0, got {args.clip_rms}")
     args.remove = tuple(n for n in args.remove.split(",") if n)
@@ -177,15 +198,26 @@ def load_data(args: argparse.Namespace) -> Data:
     """Load ``--data`` for ``--arch``; raises before training on a missing or empty data set."""
     spec = ARCH_CONFIGS[args.arch]
     if args.data == "fashion-mnist":
-        if (spec.in_channels, spec.input_size) != (1, 28):
+        factor = args.upsample
+        if factor is None:
+            factor = spec.input_size // 28 if spec.input_size % 28 == 0 else 1
+        if (spec.in_channels, spec.input_size) != (1, 28 * factor):
             raise ValueError(
-                f"--data fashion-mnist holds 1x28x28 images; --arch {args.arch} "
-                f"expects {spec.in_channels}x{spec.input_size}x{spec.input_size} "
+                f"--data fashion-mnist holds 1x28x28 images (x{factor} = {28 * factor} px); "
+                f"--arch {args.arch} expects "
+                f"{spec.in_channels}x{spec.input_size}x{spec.input_size} "
                 "(use --arch zfnet-fashion)"
             )
         root = {} if args.fashion_root is None else {"root": args.fashion_root}
-        train = TensorDataset(*load_fashion_mnist("train", **root))
-        val = TensorDataset(*load_fashion_mnist("test", **root))
+        train_x, train_y = load_fashion_mnist("train", **root)
+        if args.train_subset is not None:
+            train_x, train_y = train_x[: args.train_subset], train_y[: args.train_subset]
+        test_x, test_y = load_fashion_mnist("test", **root)
+        if factor == 1:
+            train, val = TensorDataset(train_x, train_y), TensorDataset(test_x, test_y)
+        else:
+            train = UpsampledImages(train_x, train_y, factor)
+            val = UpsampledImages(test_x, test_y, factor)
         return Data(train, val, FASHION_MNIST_CLASSES, tensor_augment=True)
     path = Path(args.data)
     if not path.is_dir():

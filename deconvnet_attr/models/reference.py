@@ -23,11 +23,15 @@ from pathlib import Path
 import torch
 
 from .zfnet import (
+    FIG6_ALEXNET_STEM,
+    FIG6_ZFNET_STEM,
     ZFNET_FASHION,
     ZFNET_IMAGENET,
     ZFNet,
     ZFNetConfig,
     build_zfnet,
+    fig6_alexnet_stem,
+    fig6_zfnet_stem,
     zfnet,
     zfnet_fashion,
 )
@@ -43,8 +47,18 @@ __all__ = [
     "save_model",
 ]
 
-ARCHS: dict[str, Callable[..., ZFNet]] = {"zfnet": zfnet, "zfnet-fashion": zfnet_fashion}
-ARCH_CONFIGS: dict[str, ZFNetConfig] = {"zfnet": ZFNET_IMAGENET, "zfnet-fashion": ZFNET_FASHION}
+ARCHS: dict[str, Callable[..., ZFNet]] = {
+    "zfnet": zfnet,
+    "zfnet-fashion": zfnet_fashion,
+    "fig6-alexnet-stem": fig6_alexnet_stem,
+    "fig6-zfnet-stem": fig6_zfnet_stem,
+}
+ARCH_CONFIGS: dict[str, ZFNetConfig] = {
+    "zfnet": ZFNET_IMAGENET,
+    "zfnet-fashion": ZFNET_FASHION,
+    "fig6-alexnet-stem": FIG6_ALEXNET_STEM,
+    "fig6-zfnet-stem": FIG6_ZFNET_STEM,
+}
 REFERENCE_FILE = "zfnet_fashion.pt"
 _SNAPSHOT = re.compile(r"zfnet_fashion_epoch(\d+)\.pt")
 

@@ -15,9 +15,14 @@ plain module composition (easy to trace, hook and ablate). Children, in order::
     fc7 relu7 drop7                 layer 7: fully connected, dropout 0.5
     fc8                             layer 8: class logits
 
-Contrast normalisation is ``nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)`` (the
-across-channel normalisation of Krizhevsky et al. that the paper reuses). ReLUs are not in-place,
-so activation hooks see every intermediate tensor.
+Contrast normalisation is Krizhevsky et al.'s across-channel normalisation (which the paper
+reuses), ``b_c = a_c / (k + alpha * sum_{c' within 2 of c} a_c'^2)^beta`` with ``k = 2``,
+``beta = 0.75`` and, for :func:`zfnet`, his ``alpha = 1e-4``. PyTorch's ``nn.LocalResponseNorm``
+divides its ``alpha`` by the window ``size`` (5), so the module gets ``alpha = 5 * lrn_alpha``
+(:attr:`ZFNetConfig.lrn_alpha`). The small Fashion-MNIST models keep the ``lrn_alpha = 2e-5``
+they were trained with (module alpha 1e-4): with their activation scale the sum term is tiny and
+the layer is, in effect, a constant ``2 ** -0.75 = 0.5946`` (see ``docs/fig6.md``).
+ReLUs are not in-place, so activation hooks see every intermediate tensor.
 
 Removing layers (``remove=``) builds the architecture variant of the paper's Table 3 ablations:
 ``conv3``, ``conv4``, ``conv5``, ``fc6`` and ``fc7`` may be removed, each together with its ReLU
@@ -43,12 +48,17 @@ __all__ = [
     "ZFNet",
     "ZFNetConfig",
     "Normalize",
+    "FIG6_ALEXNET_STEM",
+    "FIG6_ZFNET_STEM",
     "build_zfnet",
+    "fig6_alexnet_stem",
+    "fig6_zfnet_stem",
     "zfnet",
     "zfnet_fashion",
 ]
 
 REMOVABLE_LAYERS = ("conv3", "conv4", "conv5", "fc6", "fc7")
+LRN_SIZE = 5  # channels in the contrast-normalisation window
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -81,7 +91,9 @@ class ZFNetConfig:
     of (pool1, pool2, pool5), all 3x3 windows with stride 2; ``convs`` are the channel counts of
     conv3..conv5 (3x3, stride 1, padding 1); ``fc`` the widths of fc6 and fc7. ``pool5_size`` is the
     side of the pool5 map for an ``input_size`` input; ``init`` is ``"paper"`` (N(0, 0.01)) or
-    ``"kaiming"`` (He normal, fan-in).
+    ``"kaiming"`` (He normal, fan-in). ``lrn_alpha`` is Krizhevsky's contrast-normalisation
+    ``alpha`` (the coefficient of the sum of squares; ``nn.LocalResponseNorm`` gets 5x it). Its
+    default, 2e-5, is what model files written before the field existed were built with.
     """
 
     in_channels: int
@@ -95,6 +107,7 @@ class ZFNetConfig:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     init: str
+    lrn_alpha: float = 2e-5
 
 
 # 224 -> conv1 110 -> pool1 55 -> conv2 26 -> pool2 13 -> conv3..5 13 -> pool5 6; fc6 9216 inputs.
@@ -110,6 +123,7 @@ ZFNET_IMAGENET = ZFNetConfig(
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
     init="paper",
+    lrn_alpha=1e-4,
 )
 
 # 28 -> conv1 28 -> pool1 14 -> conv2 14 -> pool2 7 -> conv3..5 7 -> pool5 3; fc6 has 32*9 inputs.
@@ -118,6 +132,39 @@ ZFNET_FASHION = ZFNetConfig(
     input_size=28,
     conv1=(16, 7, 1, 3),
     conv2=(32, 5, 1, 2),
+    convs=(48, 48, 32),
+    pool_padding=(1, 1, 0),
+    pool5_size=3,
+    fc=(384, 384),
+    mean=FASHION_MNIST_MEAN,
+    std=FASHION_MNIST_STD,
+    init="kaiming",
+)
+
+
+# Fig. 6 stems on Fashion-MNIST upsampled 4x (112 px = half of 224): the paper's kernels and
+# strides, everything after conv2 as ZFNET_FASHION, so both end in the same 7x7 map at conv3.
+# AlexNet stem: 112 -> conv1 11x11/4 27 -> pool1 14 -> conv2 5x5/1 14 -> pool2 7 -> pool5 3.
+FIG6_ALEXNET_STEM = ZFNetConfig(
+    in_channels=1,
+    input_size=112,
+    conv1=(16, 11, 4, 2),
+    conv2=(32, 5, 1, 2),
+    convs=(48, 48, 32),
+    pool_padding=(1, 1, 0),
+    pool5_size=3,
+    fc=(384, 384),
+    mean=FASHION_MNIST_MEAN,
+    std=FASHION_MNIST_STD,
+    init="kaiming",
+)
+
+# ZFNet stem: 112 -> conv1 7x7/2 54 -> pool1 27 -> conv2 5x5/2 14 -> pool2 7 -> pool5 3.
+FIG6_ZFNET_STEM = ZFNetConfig(
+    in_channels=1,
+    input_size=112,
+    conv1=(16, 7, 2, 1),
+    conv2=(32, 5, 2, 2),
     convs=(48, 48, 32),
     pool_padding=(1, 1, 0),
     pool5_size=3,
@@ -177,11 +224,15 @@ def build_zfnet(config: ZFNetConfig, num_classes: int, remove: Sequence[str] = (
     layers["conv1"] = nn.Conv2d(config.in_channels, c1, k1, stride=s1, padding=pad1)
     layers["relu1"] = nn.ReLU()
     layers["pool1"] = nn.MaxPool2d(3, stride=2, padding=p1)
-    layers["norm1"] = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+    layers["norm1"] = nn.LocalResponseNorm(
+        LRN_SIZE, alpha=LRN_SIZE * config.lrn_alpha, beta=0.75, k=2.0
+    )
     layers["conv2"] = nn.Conv2d(c1, c2, k2, stride=s2, padding=pad2)
     layers["relu2"] = nn.ReLU()
     layers["pool2"] = nn.MaxPool2d(3, stride=2, padding=p2)
-    layers["norm2"] = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+    layers["norm2"] = nn.LocalResponseNorm(
+        LRN_SIZE, alpha=LRN_SIZE * config.lrn_alpha, beta=0.75, k=2.0
+    )
     channels = c2
     for i, width in zip((3, 4, 5), config.convs, strict=True):
         if f"conv{i}" in removed:
@@ -238,3 +289,22 @@ def zfnet_fashion(num_classes: int = 10, remove: Sequence[str] = ()) -> ZFNet:
     standard deviation of ~5e-8 at initialisation on Fashion-MNIST), so gradients vanish.
     """
     return build_zfnet(ZFNET_FASHION, num_classes, remove)
+
+
+def fig6_alexnet_stem(num_classes: int = 10, remove: Sequence[str] = ()) -> ZFNet:
+    """Fig. 6's AlexNet-stem net: ``(N, 1, 112, 112)`` in [0, 1] → ``(N, num_classes)``.
+
+    conv1 is AlexNet's 11x11 stride 4 (padding 2), conv2 5x5 stride 1; the rest is
+    :func:`zfnet_fashion`'s. For Fashion-MNIST upsampled 4x
+    (:func:`deconvnet_attr.data.upsample_images`); see ``docs/fig6.md``.
+    """
+    return build_zfnet(FIG6_ALEXNET_STEM, num_classes, remove)
+
+
+def fig6_zfnet_stem(num_classes: int = 10, remove: Sequence[str] = ()) -> ZFNet:
+    """Fig. 6's ZFNet-stem net: ``(N, 1, 112, 112)`` in [0, 1] → ``(N, num_classes)``.
+
+    conv1 is ZFNet's 7x7 stride 2 (padding 1), conv2 5x5 stride 2 (padding 2, so both Fig. 6
+    stems reach the same 14x14 conv2 map); the rest is :func:`zfnet_fashion`'s.
+    """
+    return build_zfnet(FIG6_ZFNET_STEM, num_classes, remove)
