@@ -21,9 +21,10 @@ from torch import Tensor
 from .analysis.filters import filter_diagnostics, layer_activations, shift_sensitivity
 from .data import upsample_images
 from .geometry import receptive_field
-from .mining import project_top_activations, receptive_field_patches, top_activations
+from .mining import top_activations
 from .models.reference import load_model
 from .models.zfnet import ZFNet
+from .projection import project_top_activations, receptive_field_patches
 from .tables import RecordTable
 from .viz_filters import plot_filter_panels
 
