@@ -50,30 +50,26 @@ def _may_write_input(func: Callable, args: tuple, kwargs: dict) -> bool:
     )
 
 
-def _true_gradient(
-    func: Callable, args: tuple, kwargs: dict, counter: ActivationCounter, x: Tensor
+def _recompute(
+    func: Callable, args: tuple, kwargs: dict, counter: ActivationCounter
 ) -> Callable[[Tensor], Tensor]:
-    """The activation's own vector-Jacobian product at ``x``, recomputed with nothing ruled."""
+    """The activation applied to a new input, with nothing inside it ruled."""
 
-    def gradient(grad_output: Tensor) -> Tensor:
+    def recompute(x: Tensor) -> Tensor:
         counter.suspended += 1
         try:
-            with torch.enable_grad():
-                leaf = x.detach().requires_grad_()
-                out = func(leaf.clone(), *args, **kwargs)  # clone: in-place forms write it
-                (grad,) = torch.autograd.grad(out, leaf, grad_output)
+            return func(x, *args, **kwargs)
         finally:
             counter.suspended -= 1
-        return grad
 
-    return gradient
+    return recompute
 
 
 class _RuledActivation(torch.autograd.Function):
     """Forward: the activation itself. Backward: ``rule.backward(grad_output, forward)``.
 
-    Only a rule with ``needs_forward`` keeps tensors: the input (copied first when the call may
-    overwrite it) and the output.
+    Only a rule with ``needs_forward`` keeps a tensor: the input (copied first when the call may
+    overwrite it).
     """
 
     @staticmethod
@@ -102,7 +98,7 @@ class _RuledActivation(torch.autograd.Function):
                 )
         ctx.rule = rule
         if rule.needs_forward:
-            ctx.save_for_backward(x if copy is None else copy, out)
+            ctx.save_for_backward(x if copy is None else copy)
             ctx.call = (func, args, kwargs, counter)
         return out
 
@@ -110,8 +106,8 @@ class _RuledActivation(torch.autograd.Function):
     def backward(ctx: Any, grad_output: Tensor):
         forward = None
         if ctx.rule.needs_forward:
-            x, out = ctx.saved_tensors
-            forward = ActivationForward(x, out, _true_gradient(*ctx.call, x))
+            (x,) = ctx.saved_tensors
+            forward = ActivationForward(x, _recompute(*ctx.call))
         return ctx.rule.backward(grad_output, forward), None, None, None, None, None
 
 

@@ -9,7 +9,7 @@ an activation becomes ``relu(grad_output)``, independent of the forward input. E
 
 A rule sees the activation's forward through an :class:`ActivationForward` (its input, output and
 true vector-Jacobian product) when it declares ``needs_forward=True``; only then does the
-interception keep those tensors, so a rule that ignores the forward costs no memory. Guided
+interception keep the activation's input, so a rule that ignores the forward costs no memory. Guided
 backpropagation, for instance, is one line::
 
     GUIDED = Rule("guided", lambda grad, fwd: F.relu(fwd.gradient(grad)), needs_forward=True)
@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -27,17 +28,34 @@ __all__ = ["ActivationForward", "DECONVNET", "GRADIENT", "Rule"]
 
 
 class ActivationForward:
-    """What one activation call computed: ``input`` and ``output`` (same shape, detached) and
-    ``gradient(grad_output)``, the true vector-Jacobian product ``f'(input) * grad_output``."""
+    """One activation call, as a rule sees it: its ``input`` (detached), its ``output`` and
+    ``gradient(grad_output)``, the true vector-Jacobian product ``f'(input) * grad_output``.
 
-    def __init__(self, input: Tensor, output: Tensor, gradient: Callable[[Tensor], Tensor]) -> None:
+    Only the input is kept from the forward pass (the output may be overwritten in place by a
+    later op, as in ``relu_(gelu(x))``); ``output`` and ``gradient`` recompute the activation
+    from it, nothing inside ruled.
+    """
+
+    def __init__(self, input: Tensor, recompute: Callable[[Tensor], Tensor]) -> None:
         self.input = input
-        self.output = output
-        self._gradient = gradient
+        self._recompute = recompute
+        self._output: Tensor | None = None
+
+    @property
+    def output(self) -> Tensor:
+        """The activation's output (N, ...), recomputed once from ``input``."""
+        if self._output is None:
+            with torch.no_grad():
+                self._output = self._recompute(self.input)
+        return self._output
 
     def gradient(self, grad_output: Tensor) -> Tensor:
-        """The activation's true backward of ``grad_output`` (recomputed from ``input``)."""
-        return self._gradient(grad_output)
+        """The activation's true backward of ``grad_output`` at ``input``."""
+        with torch.enable_grad():
+            leaf = self.input.detach().requires_grad_()
+            out = self._recompute(leaf.clone())  # clone: in-place forms write their input
+            (grad,) = torch.autograd.grad(out, leaf, grad_output)
+        return grad
 
 
 @dataclass(frozen=True)
