@@ -46,7 +46,7 @@ class ActivationForward:
         """The activation's output (N, ...), recomputed once from ``input``."""
         if self._output is None:
             with torch.no_grad():
-                self._output = self._recompute(self.input)
+                self._output = self._recompute(self.input.clone())  # in-place forms write it
         return self._output
 
     def gradient(self, grad_output: Tensor) -> Tensor:
