@@ -148,6 +148,8 @@ def _bind(signature_of: Callable[..., dict], node: Node) -> dict[str, Any]:
 def _training(node: Node, default: bool) -> bool:
     """The ``training`` argument of a traced call (``F.dropout``, ``F.rrelu``), or ``default``
     when the function takes none or its signature is unknown."""
+    if not callable(node.target):
+        return default
     try:
         bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
     except (TypeError, ValueError):  # builtins without a signature, calls that do not bind

@@ -125,7 +125,7 @@ class Executor:
         net = self.net
         spec = net.specs[node]
         window = spec.window
-        if spec.unpadded is None or len(inputs) != 1:
+        if window is None or spec.unpadded is None or len(inputs) != 1:
             return None
         patch = env[inputs[0]]
         ref_in, ref_out = net.values[node.args[0]], net.values[node]

@@ -46,10 +46,10 @@ class IncrementalForward:
         return self.plan is not None and self.reason is None
 
     def __call__(self, *args: Any) -> Any:
-        if self.plan is None and self.reason is None:
-            return self._start(args)
         if self.reason is not None:
             return self.fn(*args)
+        if self.plan is None:
+            return self._start(args)
         batch = self.plan.batch_size(args)
         if batch is None:
             return self.fn(*args)
