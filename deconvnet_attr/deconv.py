@@ -32,7 +32,7 @@ from deconvnet_attr.captum_compat import (
     undo_gradient_requirements,
 )
 from deconvnet_attr.intercept import apply_rule
-from deconvnet_attr.rules import DECONVNET
+from deconvnet_attr.rules import DECONVNET, Rule
 from deconvnet_attr.state import preserved_state
 from deconvnet_attr.taps import LayerSpec, Taps, display_name, resolve_layer
 
@@ -40,18 +40,20 @@ NeuronSpec = Literal["max", "all"] | Tensor
 
 
 @contextmanager
-def _deconvnet(model: nn.Module, whole_forward: bool = True) -> Iterator[None]:
-    """The model's forward under the deconvnet rule, its state preserved, gradients enabled.
+def _deconvnet(
+    model: nn.Module, whole_forward: bool = True, rule: Rule = DECONVNET
+) -> Iterator[None]:
+    """The model's forward under ``rule``, its state preserved, gradients enabled.
 
     Warns when a whole forward pass met no activation function (the result is then the plain
     gradient); a forward stopped at a layer may legitimately have met none yet (``conv1``).
     """
-    with preserved_state(model), torch.enable_grad(), apply_rule(DECONVNET, model) as seen:
+    with preserved_state(model), torch.enable_grad(), apply_rule(rule, model) as seen:
         yield
     if whole_forward and seen.count == 0:
         warnings.warn(
-            "No activation function was found in the forward pass: the deconvnet projection is "
-            "the plain gradient.",
+            f"No activation function was found in the forward pass: the {rule.name} projection "
+            "is the plain gradient.",
             UserWarning,
             stacklevel=3,
         )
@@ -192,13 +194,21 @@ class DeconvProjection(GradientAttribution):
         layer: ``None`` to project the model output ``target``; or a module of ``model`` (or its
             dotted name, ``"layer4"``) whose output (N, C, ...) is projected, ``target`` then
             naming the channel. The module's first call in the forward pass is the one projected.
+        rule: the backward rule of every activation (:mod:`deconvnet_attr.rules`): the paper's
+            :data:`~deconvnet_attr.rules.DECONVNET` (default), or any
+            :class:`~deconvnet_attr.rules.Rule`, e.g. :data:`~deconvnet_attr.rules.GRADIENT`.
     """
 
-    def __init__(self, model: nn.Module, layer: LayerSpec | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, layer: LayerSpec | None = None, rule: Rule = DECONVNET
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if not isinstance(rule, Rule):
+            raise TypeError(f"rule {rule!r} is not a deconvnet_attr.rules.Rule")
         GradientAttribution.__init__(self, model)
         self.model = model
+        self.rule = rule
         self.layer: nn.Module | None = None
         if layer is not None:
             name, self.layer = resolve_layer(model, layer)
@@ -236,7 +246,7 @@ class DeconvProjection(GradientAttribution):
         if self.layer is None and not (isinstance(neuron, str) and neuron == "max"):
             raise ValueError("neuron selects units of a layer: give DeconvProjection a layer")
         leaves = tuple(x.detach().requires_grad_() for x in inputs_tuple)
-        with _deconvnet(self.model, whole_forward=self.layer is None):
+        with _deconvnet(self.model, whole_forward=self.layer is None, rule=self.rule):
             if self.layer is None:
                 output = _run_forward(self.forward_func, leaves, None, additional_forward_args)
                 index = _output_indices(target, output.shape).to(output.device)
@@ -268,6 +278,27 @@ class DeconvProjection(GradientAttribution):
     @property
     def multiplies_by_inputs(self) -> bool:
         return False
+
+
+def _ruled_gradients(
+    model: nn.Module,
+    gradient_func: Callable,
+    forward_func: Callable,
+    inputs: TensorOrTupleOfTensorsGeneric,
+    target: TargetType,
+    additional_forward_args: Any,
+) -> TensorOrTupleOfTensorsGeneric:
+    """Captum's ``gradient_func(forward_func, inputs, target, args)`` under the deconvnet rule,
+    shaped like ``inputs`` (the body of the Captum drop-ins)."""
+    is_inputs_tuple = _is_tuple(inputs)
+    inputs_tuple = _format_tensor_into_tuples(inputs)
+    gradient_mask = apply_gradient_requirements(inputs_tuple)
+    try:
+        with _deconvnet(model):
+            gradients = gradient_func(forward_func, inputs_tuple, target, additional_forward_args)
+    finally:
+        undo_gradient_requirements(inputs_tuple, gradient_mask)
+    return _format_output(is_inputs_tuple, gradients)
 
 
 class Deconvolution(GradientAttribution):
@@ -304,17 +335,14 @@ class Deconvolution(GradientAttribution):
         Returns:
             Tensor or tuple of tensors shaped like ``inputs``.
         """
-        is_inputs_tuple = _is_tuple(inputs)
-        inputs_tuple = _format_tensor_into_tuples(inputs)
-        gradient_mask = apply_gradient_requirements(inputs_tuple)
-        try:
-            with _deconvnet(self.model):
-                gradients = self.gradient_func(
-                    self.forward_func, inputs_tuple, target, additional_forward_args
-                )
-        finally:
-            undo_gradient_requirements(inputs_tuple, gradient_mask)
-        return _format_output(is_inputs_tuple, gradients)
+        return _ruled_gradients(
+            self.model,
+            self.gradient_func,
+            self.forward_func,
+            inputs,
+            target,
+            additional_forward_args,
+        )
 
     def attribute_future(self) -> Callable:
         raise NotImplementedError("attribute_future is not implemented for Deconvolution")
@@ -325,7 +353,9 @@ class NeuronDeconvolution(NeuronAttribution, GradientAttribution):
 
     Same constructor (``model, layer, device_ids=None``), ``attribute(inputs, neuron_selector,
     additional_forward_args=None, attribute_to_neuron_input=False)``, argument meanings and
-    returns as Captum's class; the activation coverage of :class:`Deconvolution`.
+    returns as Captum's class; the activation coverage of :class:`Deconvolution`. Each call
+    builds its own neuron gradient function: nothing shared is changed, so concurrent calls with
+    different neurons do not interfere.
     """
 
     def __init__(
@@ -333,7 +363,10 @@ class NeuronDeconvolution(NeuronAttribution, GradientAttribution):
     ) -> None:
         NeuronAttribution.__init__(self, model, layer, device_ids)
         GradientAttribution.__init__(self, model)
-        self.deconv = Deconvolution(model)
+        assert isinstance(model, nn.Module), (
+            "Given model must be an instance of torch.nn.Module to properly hook ReLU layers."
+        )
+        self.model = model
 
     @log_usage()
     def attribute(
@@ -355,7 +388,9 @@ class NeuronDeconvolution(NeuronAttribution, GradientAttribution):
         Returns:
             Tensor or tuple of tensors shaped like ``inputs``.
         """
-        self.deconv.gradient_func = construct_neuron_grad_fn(
+        gradient_func = construct_neuron_grad_fn(
             self.layer, neuron_selector, self.device_ids, attribute_to_neuron_input
         )
-        return self.deconv.attribute.__wrapped__(self.deconv, inputs, None, additional_forward_args)
+        return _ruled_gradients(
+            self.model, gradient_func, self.forward_func, inputs, None, additional_forward_args
+        )

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fx import GraphModule, Interpreter, Node
 
+from deconvnet_attr.ops import OpKind, op_kind
 from deconvnet_attr.state import preserved_state
 from deconvnet_attr.taps import LayerSpec, resolve_layer
 from deconvnet_attr.tracing import symbolic_trace
@@ -120,87 +120,6 @@ class OpSpec:
 POINTWISE = OpSpec("pointwise")
 MERGE = OpSpec("merge")
 
-_POINTWISE_MODULES = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.PReLU,
-    nn.ELU,
-    nn.SELU,
-    nn.CELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Hardtanh,
-    nn.Softplus,
-    nn.Identity,
-    nn.LocalResponseNorm,
-)
-_DROPOUT_MODULES = (nn.Dropout, nn.Dropout2d, nn.AlphaDropout)
-_POINTWISE_FUNCTIONS = {
-    torch.relu,
-    torch.relu_,
-    F.relu,
-    F.relu_,
-    F.relu6,
-    F.leaky_relu,
-    F.elu,
-    F.selu,
-    F.gelu,
-    F.silu,
-    F.mish,
-    F.hardswish,
-    F.hardsigmoid,
-    F.hardtanh,
-    F.softplus,
-    torch.sigmoid,
-    torch.tanh,
-    F.sigmoid,
-    F.tanh,
-    torch.clamp,
-    torch.abs,
-    torch.exp,
-    operator.neg,
-    F.local_response_norm,
-}
-_POINTWISE_METHODS = {
-    "relu",
-    "relu_",
-    "sigmoid",
-    "sigmoid_",
-    "tanh",
-    "tanh_",
-    "clamp",
-    "clamp_",
-    "clamp_min",
-    "clamp_min_",
-    "abs",
-    "exp",
-    "neg",
-    "contiguous",
-    "float",
-    "clone",
-}
-_BINARY_FUNCTIONS = {
-    operator.add,
-    operator.iadd,
-    operator.sub,
-    operator.isub,
-    operator.mul,
-    operator.imul,
-    operator.truediv,
-    operator.itruediv,
-    torch.add,
-    torch.sub,
-    torch.mul,
-    torch.div,
-}
-_BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
-
 
 # Signatures of the functional ops, to bind a traced call's args/kwargs by name.
 def _conv_args(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -227,6 +146,19 @@ def _avg_pool_args(
 
 def _bind(signature_of: Callable[..., dict], node: Node) -> dict[str, Any]:
     return inspect.signature(signature_of).bind(*node.args, **node.kwargs).arguments
+
+
+def _training(node: Node, default: bool) -> bool:
+    """The ``training`` argument of a traced call (``F.dropout``, ``F.rrelu``), or ``default``
+    when the function takes none or its signature is unknown."""
+    if not callable(node.target):
+        return default
+    try:
+        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+    except (TypeError, ValueError):  # builtins without a signature, calls that do not bind
+        return default
+    bound.apply_defaults()
+    return bool(bound.arguments.get("training", default))
 
 
 def _conv_spec(
@@ -317,7 +249,8 @@ def _module_spec(
     module: nn.Module, in_shape: torch.Size | None, out_shape: torch.Size | None, structural: bool
 ) -> OpSpec:
     name = type(module).__name__
-    if isinstance(module, nn.Conv2d):
+    kind = op_kind(module)
+    if kind is OpKind.CONV:
         return _conv_spec(
             module.weight,
             module.bias,
@@ -327,7 +260,7 @@ def _module_spec(
             module.groups,
             module.padding_mode,
         )
-    if isinstance(module, nn.MaxPool2d):
+    if kind is OpKind.MAX_POOL:
         return _max_pool_spec(
             module.kernel_size,
             module.stride,
@@ -335,7 +268,7 @@ def _module_spec(
             module.dilation,
             module.return_indices,
         )
-    if isinstance(module, nn.AvgPool2d):
+    if kind is OpKind.AVG_POOL:
         return _avg_pool_spec(
             module.kernel_size,
             module.stride,
@@ -347,21 +280,19 @@ def _module_spec(
             out_shape,
             structural,
         )
-    if isinstance(module, _POINTWISE_MODULES):
+    if kind is not None and kind.pointwise:
         return POINTWISE
-    if isinstance(module, _DROPOUT_MODULES):
+    if kind is OpKind.DROPOUT:
         if module.training and not structural:
             return OpSpec("opaque", reason=f"{name} in training mode is random")
         return POINTWISE
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+    if kind is OpKind.BATCH_NORM:
         if module.training and not structural:
             return OpSpec("opaque", reason=f"{name} in training mode uses batch statistics")
         if module.running_mean is None and not structural:
             return OpSpec("opaque", reason=f"{name} without running statistics")
         return POINTWISE
-    if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and not getattr(
-        module, "return_indices", False
-    ):
+    if kind is OpKind.ADAPTIVE_POOL and not getattr(module, "return_indices", False):
         if in_shape is not None and out_shape is not None and in_shape[-2:] == out_shape[-2:]:
             # pooling to the input's own size is the identity: a 1x1 window (on a rectangle,
             # the module itself would resize to the full output size)
@@ -378,18 +309,19 @@ def _function_spec(
         return values.get(x, x) if isinstance(x, Node) else x
 
     name = getattr(fn, "__name__", repr(fn))
+    kind = op_kind(fn)
     try:
-        if fn in (F.conv2d, torch.conv2d):
+        if kind is OpKind.CONV:
             a = {k: value(v) for k, v in _bind(_conv_args, node).items()}
             return _conv_spec(
                 a["weight"], a["bias"], a["stride"], a["padding"], a["dilation"], a["groups"]
             )
-        if fn in (F.max_pool2d, torch.max_pool2d):
+        if kind is OpKind.MAX_POOL:
             a = {k: value(v) for k, v in _bind(_max_pool_args, node).items()}
             return _max_pool_spec(
                 a["kernel_size"], a["stride"], a["padding"], a["dilation"], a["return_indices"]
             )
-        if fn is F.avg_pool2d:
+        if kind is OpKind.AVG_POOL:
             a = {k: value(v) for k, v in _bind(_avg_pool_args, node).items()}
             in_shape = shapes.get(node.args[0]) if node.args else None
             return _avg_pool_spec(
@@ -405,18 +337,13 @@ def _function_spec(
             )
     except TypeError as error:
         return OpSpec("opaque", reason=f"unrecognised call of {name}: {error}")
-    if fn in _POINTWISE_FUNCTIONS:
+    if kind is OpKind.DROPOUT or (kind is not None and kind.pointwise):
+        if not structural and _training(node, default=kind is OpKind.DROPOUT):
+            return OpSpec("opaque", reason=f"{name} in training mode is random")
         return POINTWISE
-    if fn in (F.dropout, F.dropout2d):
-        training = node.kwargs.get("training", node.args[2] if len(node.args) > 2 else True)
-        return (
-            POINTWISE
-            if structural or not training
-            else OpSpec("opaque", reason=f"{name} in training mode is random")
-        )
-    if fn in _BINARY_FUNCTIONS:
+    if kind is OpKind.MERGE:
         return MERGE
-    if fn is torch.cat:
+    if kind is OpKind.CONCAT:
         tensors = node.args[0] if node.args else node.kwargs.get("tensors")
         dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
         ndim = {len(shapes[t]) if isinstance(t, Node) and t in shapes else -1 for t in tensors}
@@ -427,9 +354,10 @@ def _function_spec(
 
 
 def _method_spec(node: Node) -> OpSpec:
-    if node.target in _POINTWISE_METHODS:
+    kind = op_kind(getattr(Tensor, str(node.target), None))
+    if kind is not None and kind.pointwise:
         return POINTWISE
-    if node.target in _BINARY_METHODS:
+    if kind is OpKind.MERGE:
         return MERGE
     return OpSpec("opaque", reason=f"method .{node.target}()")
 

@@ -1,12 +1,18 @@
-"""Backward rules for activation functions, and the table of what counts as one.
+"""Backward rules for activation functions.
 
-A *rule* replaces the backward pass of every activation function of a forward pass. The paper's
-deconvnet rectifies the reconstruction signal at each ReLU ("relu*"): the backward pass of an
-activation becomes ``relu(grad_output)``, independent of the forward input. Everything else
+A *rule* replaces the backward pass of every activation of a forward pass (the
+:attr:`~deconvnet_attr.ops.OpKind.ACTIVATION` functions and
+:attr:`~deconvnet_attr.ops.OpKind.COMPOSITE_ACTIVATION` modules of :mod:`deconvnet_attr.ops`).
+The paper's deconvnet rectifies the reconstruction signal at each ReLU ("relu*"): the backward of
+an activation becomes ``relu(grad_output)``, independent of the forward input. Everything else
 (convolutions, pooling switches, normalisation, gates) keeps its true gradient.
 
-Which functions are activations is decided here, in one table, so that every method (deconvnet
-projection, the Captum drop-ins) treats the same functions the same way.
+A rule sees the activation's forward through an :class:`ActivationForward` (its input, output and
+true vector-Jacobian product) when it declares ``needs_forward=True``; only then does the
+interception keep the activation's input, so a rule that ignores the forward costs no memory. Guided
+backpropagation, for instance, is one line::
+
+    GUIDED = Rule("guided", lambda grad, fwd: F.relu(fwd.gradient(grad)), needs_forward=True)
 """
 
 from __future__ import annotations
@@ -18,64 +24,64 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+__all__ = ["ActivationForward", "DECONVNET", "GRADIENT", "Rule"]
+
+
+class ActivationForward:
+    """One activation call, as a rule sees it: its ``input`` (detached), its ``output`` and
+    ``gradient(grad_output)``, the true vector-Jacobian product ``f'(input) * grad_output``.
+
+    Only the input is kept from the forward pass (the output may be overwritten in place by a
+    later op, as in ``relu_(gelu(x))``); ``output`` and ``gradient`` recompute the activation
+    from it, nothing inside ruled.
+    """
+
+    def __init__(self, input: Tensor, recompute: Callable[[Tensor], Tensor]) -> None:
+        self.input = input
+        self._recompute = recompute
+        self._output: Tensor | None = None
+
+    @property
+    def output(self) -> Tensor:
+        """The activation's output (N, ...), recomputed once from ``input``."""
+        if self._output is None:
+            with torch.no_grad():
+                self._output = self._recompute(self.input.clone())  # in-place forms write it
+        return self._output
+
+    def gradient(self, grad_output: Tensor) -> Tensor:
+        """The activation's true backward of ``grad_output`` at ``input``."""
+        with torch.enable_grad():
+            leaf = self.input.detach().requires_grad_()
+            out = self._recompute(leaf.clone())  # clone: in-place forms write their input
+            (grad,) = torch.autograd.grad(out, leaf, grad_output)
+        return grad
+
 
 @dataclass(frozen=True)
 class Rule:
-    """A backward rule: ``backward(grad_output) -> grad_input`` for every activation function."""
+    """A backward rule for every activation: ``backward(grad_output, forward) -> grad_input``.
+
+    ``grad_output`` and the returned ``grad_input`` have the activation's shape. ``forward`` is an
+    :class:`ActivationForward` when ``needs_forward`` is true, else ``None``.
+    """
 
     name: str
-    backward: Callable[[Tensor], Tensor]
+    backward: Callable[[Tensor, ActivationForward | None], Tensor]
+    needs_forward: bool = False
+
+
+def _rectify_signal(grad_output: Tensor, forward: ActivationForward | None) -> Tensor:
+    return F.relu(grad_output)
+
+
+def _true_gradient(grad_output: Tensor, forward: ActivationForward | None) -> Tensor:
+    assert forward is not None  # needs_forward=True
+    return forward.gradient(grad_output)
 
 
 #: The Zeiler & Fergus deconvnet rule (relu*): pass on only the positive part of the signal.
-DECONVNET = Rule("deconvnet", F.relu)
+DECONVNET = Rule("deconvnet", _rectify_signal)
 
-
-def _functions(*names: str, namespaces: tuple = (torch, F, torch._C._nn, Tensor)) -> frozenset:
-    """Every callable called ``name`` in the torch namespaces (functional, method, in-place)."""
-    found = set()
-    for name in names:
-        for namespace in namespaces:
-            func = getattr(namespace, name, None)
-            if func is not None:
-                found.add(func)
-    return frozenset(found)
-
-
-_ACTIVATION_NAMES = (
-    "relu", "relu_", "relu6", "relu6_", "hardtanh", "hardtanh_",
-    "leaky_relu", "leaky_relu_", "prelu", "_prelu_kernel", "rrelu", "rrelu_",
-    "elu", "elu_", "celu", "celu_", "selu", "selu_",
-    "gelu", "silu", "silu_", "mish", "mish_", "hardswish", "hardswish_", "softplus",
-)  # fmt: skip
-
-#: Activation functions in every callable form torch offers: ``F.relu``, ``torch.relu``,
-#: ``Tensor.relu``, in-place ``relu_`` and the ``torch._C._nn`` kernels the modules call.
-#: Gates and squashing functions (sigmoid, hardsigmoid, tanh, softmax) are deliberately absent:
-#: they keep their true gradient.
-ACTIVATION_FUNCTIONS: frozenset = _functions(*_ACTIVATION_NAMES)
-
-
-def _timm_modules(*names: str) -> tuple[type, ...]:
-    """timm's pure-Python and memory-efficient activation classes of these names."""
-    try:
-        from timm.layers import activations, activations_me
-    except ImportError:  # timm is a dependency, but the rule table must not require it
-        return ()
-    return tuple(
-        getattr(module, name)
-        for module in (activations, activations_me)
-        for name in names
-        if hasattr(module, name)
-    )
-
-
-#: Activation modules whose forward is a composite (``x * sigmoid(x)``): ruled as one unit.
-COMPOSITE_ACTIVATION_MODULES: tuple[type, ...] = _timm_modules(
-    "Swish", "Mish", "HardSwish", "HardMish", "QuickGELU",
-    "SwishMe", "MishMe", "HardSwishMe", "HardMishMe",
-)  # fmt: skip
-
-#: Gate modules built from activation functions (timm's ``HardSigmoid`` is ``relu6(x + 3) / 6``):
-#: everything inside them keeps its true gradient.
-COMPOSITE_GATE_MODULES: tuple[type, ...] = _timm_modules("HardSigmoid", "HardSigmoidMe")
+#: The activation's own derivative: under this rule a projection is the plain gradient.
+GRADIENT = Rule("gradient", _true_gradient, needs_forward=True)

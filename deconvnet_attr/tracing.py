@@ -25,6 +25,8 @@ from typing import Any
 from torch import nn
 from torch.fx import GraphModule, Tracer
 
+from deconvnet_attr.ops import registered_module
+
 __all__ = ["symbolic_trace"]
 
 _TRACE_LOCK = threading.Lock()
@@ -32,7 +34,9 @@ _TRACE_LOCK = threading.Lock()
 
 class _ThreadLocalTracer(Tracer):
     """The default tracer, except that module calls and attribute reads of other threads (which
-    the global patches route here too) run the real module untouched."""
+    the global patches route here too) run the real module untouched, and modules whose type is
+    registered in :mod:`deconvnet_attr.ops` (timm's composite activations, users' own ops) stay
+    single nodes instead of being traced into."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -42,6 +46,9 @@ class _ThreadLocalTracer(Tracer):
         if threading.get_ident() != self._owner:
             return forward(*args, **kwargs)
         return super().call_module(m, forward, args, kwargs)
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return registered_module(m) or super().is_leaf_module(m, module_qualified_name)
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
         if threading.get_ident() != self._owner:

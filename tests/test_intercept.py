@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deconvnet_attr.intercept import apply_rule
-from deconvnet_attr.rules import DECONVNET
+from deconvnet_attr.rules import DECONVNET, Rule
 
 GRAD = torch.tensor([1.0, -1.0, 2.0, -2.0, 3.0, -0.5])
 
@@ -75,6 +75,29 @@ def test_every_activation_form_backpropagates_relu_of_grad(name):
     torch.testing.assert_close(y, fn(x.detach().clone()), rtol=0, atol=0)
     torch.testing.assert_close(grad, GRAD.clamp(min=0))
     assert count == 1
+
+
+@pytest.mark.parametrize("name", list(ACTIVATION_FORMS))
+def test_a_rule_that_needs_the_forward_sees_it_in_every_form(name):
+    """In-place forms included: the rule gets the input before it was overwritten."""
+    fn = ACTIVATION_FORMS[name]
+    seen = []
+
+    def backward(grad, forward):
+        seen.append((forward.input.clone(), forward.output))
+        return forward.gradient(grad)
+
+    x = torch.randn(6, requires_grad=True)
+    with apply_rule(
+        Rule("true", backward, needs_forward=True), fn if isinstance(fn, nn.Module) else None
+    ):
+        y = fn(x)
+    (grad,) = torch.autograd.grad(y, x, GRAD)
+    (true,) = torch.autograd.grad(fn(x), x, GRAD)  # reference: torch's own derivative
+    torch.testing.assert_close(grad, true)
+    ((input, output),) = seen
+    torch.testing.assert_close(input, x.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(output, y.detach(), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", list(GATES))

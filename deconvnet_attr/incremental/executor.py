@@ -1,0 +1,246 @@
+"""One perturbed batch through a :class:`~deconvnet_attr.incremental.plan.Plan`.
+
+Each node's value is :data:`~deconvnet_attr.incremental.patches.UNCHANGED`, a
+:class:`~deconvnet_attr.incremental.patches.Patch` or a full tensor. A node whose inputs are all
+unchanged is unchanged; otherwise a handler chosen by the node's geometry (``window``,
+``pointwise``, ``merge``: :data:`Executor.HANDLERS`) computes the changed rectangle, and anything
+no handler takes is run on the full batch. Multiply-accumulates are counted in one place,
+:meth:`Executor._count`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torch.fx import Node
+from torch.fx.node import map_arg
+
+from deconvnet_attr.geometry import GeometryError
+from deconvnet_attr.incremental.patches import UNCHANGED, Patch, bounds, gather, paste, place
+from deconvnet_attr.incremental.plan import Plan
+
+
+@dataclass
+class RunStats:
+    """Convolution multiply-accumulates over the perturbed batches: done by the incremental plan
+    and needed by full recomputation of the same batches (their ratio is the plan's theoretical
+    speedup)."""
+
+    conv_macs: int = 0
+    conv_macs_full: int = 0
+    batches: int = 0
+
+    @property
+    def theoretical_speedup(self) -> float:
+        return self.conv_macs_full / max(self.conv_macs, 1)
+
+
+class Executor:
+    """Evaluates perturbed batches (``B = copies * N`` samples) of one plan, counting into
+    ``stats``. ``full_fraction``: a rectangle covering at least this fraction of its map is
+    computed in full (and so is everything after it)."""
+
+    def __init__(self, plan: Plan, stats: RunStats, full_fraction: float) -> None:
+        self.plan = plan
+        self.net = plan.net
+        self.stats = stats
+        self.full_fraction = full_fraction
+
+    def run(self, args: tuple, copies: int) -> Any:
+        """The graph's output for the perturbed ``args``."""
+        net, reference = self.net, self.plan.reference
+        self.stats.batches += 1
+        env: dict[Node, Any] = {}
+        placeholders = iter(range(len(args)))
+        for node in net.nodes:
+            if node.op == "placeholder":
+                i = next(placeholders, None)
+                value = args[i] if i is not None else node.args[0]
+                ref = reference[i] if i is not None else node.args[0]
+                env[node] = self._diff(value, ref, copies)
+            elif node.op == "output":
+                return map_arg(node.args[0], lambda n: self._full(n, env, copies))
+            elif node not in net.depends:
+                env[node] = net.values[node]
+            else:
+                env[node] = self._step(node, env, copies)
+            for used in self.plan.release.get(node, ()):
+                del env[used]
+        raise GeometryError("graph without output")  # fx graphs always end in an output node
+
+    def _count(self, node: Node, samples: int, done: tuple[int, int] = (1, 1)) -> None:
+        """Count ``node``'s full cost for ``samples`` and the part ``done[0] / done[1]`` of it
+        that was computed."""
+        full = self.plan.macs.get(node, 0) * samples
+        self.stats.conv_macs_full += full
+        self.stats.conv_macs += full * done[0] // done[1]
+
+    def _diff(self, value: Any, ref: Any, copies: int) -> Any:
+        """The placeholder's value as UNCHANGED, a patch, or itself."""
+        if not isinstance(value, Tensor):
+            return value
+        n = ref.shape[0]
+        changed = (value.view(copies, n, *ref.shape[1:]) != ref).view(value.shape)
+        if ref.dim() != 4:
+            return value if changed.any() else UNCHANGED
+        changed = changed.any(1)
+        height, width = ref.shape[-2:]
+        top, h = place(*bounds(changed.any(2)), height)
+        left, w = place(*bounds(changed.any(1)), width)
+        if h == 0:
+            return UNCHANGED
+        if h * w >= self.full_fraction * height * width:
+            return value
+        return Patch(gather(value, None, top, left, h, w, 0.0), top, left)
+
+    def _step(self, node: Node, env: dict[Node, Any], copies: int) -> Any:
+        net = self.net
+        ref_out = net.values[node]
+        inputs = [a for a in node.all_input_nodes if a in net.depends]
+        batched = (
+            isinstance(ref_out, Tensor)
+            and ref_out.dim() >= 1
+            and ref_out.shape[0] == self.plan.examples
+        )
+        if batched and all(env[a] is UNCHANGED for a in inputs):
+            self._count(node, ref_out.shape[0] * copies, (0, 1))
+            return UNCHANGED
+        handler = self.HANDLERS.get(net.specs[node].kind)
+        if (
+            handler is not None
+            and batched
+            and ref_out.dim() == 4
+            and all(env[a] is UNCHANGED or isinstance(env[a], Patch) for a in inputs)
+        ):
+            result = handler(self, node, inputs, env)
+            if result is not None:
+                return result
+        return self._run_op(node, env, copies)
+
+    def _window(self, node: Node, inputs: list[Node], env: dict[Node, Any]) -> Any:
+        """Convolution / pooling: recompute the outputs whose window meets the input patch."""
+        net = self.net
+        spec = net.specs[node]
+        window = spec.window
+        if window is None or spec.unpadded is None or len(inputs) != 1:
+            return None
+        patch = env[inputs[0]]
+        ref_in, ref_out = net.values[node.args[0]], net.values[node]
+        out_h, out_w = ref_out.shape[-2:]
+        ph, pw = patch.size
+        samples = patch.data.shape[0]
+        top, h = place(*window.affected_outputs(patch.top, patch.top + ph - 1, out_h, 0), out_h)
+        left, w = place(*window.affected_outputs(patch.left, patch.left + pw - 1, out_w, 1), out_w)
+        if h <= 0 or w <= 0:
+            self._count(node, samples, (0, 1))
+            return UNCHANGED
+        if h * w >= self.full_fraction * out_h * out_w:
+            return None  # computed (and counted) in full by _run_op
+        self._count(node, samples, (h * w, out_h * out_w))
+        in_top, _ = window.inputs_needed(top, top, 0)
+        in_left, _ = window.inputs_needed(left, left, 1)
+        region = gather(
+            ref_in,
+            patch,
+            in_top,
+            in_left,
+            (h - 1) * window.stride[0] + window.span(0),
+            (w - 1) * window.stride[1] + window.span(1),
+            spec.pad_value,
+        )
+        return Patch(spec.unpadded(region), top, left)
+
+    def _pointwise(self, node: Node, inputs: list[Node], env: dict[Node, Any]) -> Any:
+        """Pointwise ops and merges: run the op on the (common bounding box of the) patches."""
+        net = self.net
+        height, width = net.values[node].shape[-2:]
+        if any(
+            not isinstance(net.values[a], Tensor)
+            or net.values[a].dim() != 4
+            or net.values[a].shape[-2:] != (height, width)
+            for a in inputs
+        ):
+            return None
+        patches = [env[a] for a in inputs if isinstance(env[a], Patch)]
+        first = patches[0]
+        if len(patches) == len(inputs) and all(
+            p.size == first.size
+            and torch.equal(p.top, first.top)
+            and torch.equal(p.left, first.left)
+            for p in patches[1:]
+        ):
+            top, left, (h, w) = first.top, first.left, first.size
+            regions = {a: env[a].data for a in inputs}
+        else:
+            bottom = torch.stack([p.top + p.size[0] for p in patches]).amax(0)
+            right = torch.stack([p.left + p.size[1] for p in patches]).amax(0)
+            top, h = place(torch.stack([p.top for p in patches]).amin(0), bottom - 1, height)
+            left, w = place(torch.stack([p.left for p in patches]).amin(0), right - 1, width)
+            regions = {
+                a: gather(
+                    net.values[a],
+                    env[a] if isinstance(env[a], Patch) else None,
+                    top,
+                    left,
+                    h,
+                    w,
+                    0.0,
+                )
+                for a in inputs
+            }
+        for a in node.all_input_nodes:
+            static = net.values.get(a)
+            if (
+                a not in net.depends
+                and isinstance(static, Tensor)
+                and static.shape[-2:] == (height, width)
+                and height * width > 1
+            ):
+                if static.dim() != 4:
+                    return None
+                regions[a] = gather(static, None, top, left, h, w, 0.0)
+        out = self._call(
+            node,
+            *map_arg((node.args, node.kwargs), lambda n: regions[n] if n in regions else env[n]),
+        )
+        if not isinstance(out, Tensor) or out.shape[-2:] != (h, w):
+            raise GeometryError(f"{node.name} changed the spatial size of a rectangle")
+        return Patch(out, top, left)
+
+    #: The handler of each geometry kind (``OpSpec.kind``); other kinds run on the full batch.
+    HANDLERS: ClassVar[dict[str, Any]] = {
+        "window": _window,
+        "pointwise": _pointwise,
+        "merge": _pointwise,
+    }
+
+    def _run_op(self, node: Node, env: dict[Node, Any], copies: int) -> Any:
+        args, kwargs = map_arg((node.args, node.kwargs), lambda n: self._full(n, env, copies))
+        out = self._call(node, args, kwargs)
+        if isinstance(out, Tensor) and out.dim() >= 1:
+            self._count(node, out.shape[0])
+        return out
+
+    def _call(self, node: Node, args: tuple, kwargs: dict) -> Any:
+        if node.op == "call_module":
+            return self.plan.modules[node.target](*args, **kwargs)
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)
+        if node.op == "call_method":
+            return getattr(args[0], node.target)(*args[1:], **kwargs)
+        raise GeometryError(f"cannot run {node.op} node {node.name}")
+
+    def _full(self, node: Node, env: dict[Node, Any], copies: int) -> Any:
+        """The node's value for the whole batch (the reference repeated, the patch pasted in)."""
+        if node not in self.net.depends:
+            return self.net.values[node]
+        value = env[node]
+        ref = self.net.values[node]
+        if value is UNCHANGED:
+            return ref.repeat(copies, *([1] * (ref.dim() - 1)))
+        if not isinstance(value, Patch):
+            return value
+        return paste(ref, value, copies)

@@ -1,0 +1,72 @@
+""":class:`IncrementalForward`: the drop-in for ``fn`` that plans on the first call and executes
+the plan on later ones, falling back to ``fn`` whenever the plan does not apply."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from deconvnet_attr.geometry import TracedNet
+from deconvnet_attr.incremental.executor import Executor, RunStats
+from deconvnet_attr.incremental.plan import Ineligible, Plan, make_plan
+
+logger = logging.getLogger("deconvnet_attr.occlusion")
+
+
+class IncrementalForward:
+    """A drop-in for ``fn`` in a perturbation loop that recomputes only what changed.
+
+    ``fn`` is an ``nn.Module`` or a function ``torch.fx`` can trace. The first call must carry
+    the unperturbed inputs (N examples); later calls carry ``B = k * N`` perturbed copies in
+    Captum's layout. Anything the engine cannot handle -- ``fn`` not traceable, a module with
+    hooks or in training mode, in-place aliasing, inputs of other shapes -- is passed to ``fn``
+    unchanged; ``reason`` says why.
+    ``full_fraction``: an op whose changed output rectangle covers at least this fraction of its
+    map is computed in full (and so is everything after it).
+    """
+
+    def __init__(self, fn: Callable[..., Any], *, full_fraction: float = 0.9) -> None:
+        self.fn = fn
+        self.full_fraction = full_fraction
+        self.plan: Plan | None = None
+        self.reason: str | None = None
+        self.stats = RunStats()
+
+    @property
+    def net(self) -> TracedNet | None:
+        """The traced graph with its reference values (after a successful first call)."""
+        return self.plan.net if self.plan is not None else None
+
+    @property
+    def incremental(self) -> bool:
+        """True while calls are evaluated incrementally (after a successful first call)."""
+        return self.plan is not None and self.reason is None
+
+    def __call__(self, *args: Any) -> Any:
+        if self.reason is not None:
+            return self.fn(*args)
+        if self.plan is None:
+            return self._start(args)
+        batch = self.plan.batch_size(args)
+        if batch is None:
+            return self.fn(*args)
+        try:
+            with torch.no_grad():
+                executor = Executor(self.plan, self.stats, self.full_fraction)
+                return executor.run(args, batch // self.plan.examples)
+        except Exception as error:  # an op behaved unlike its description: be safe, run fn
+            self.reason = f"incremental evaluation failed ({type(error).__name__}: {error})"
+            logger.warning("%s; full recomputation from here on", self.reason)
+            return self.fn(*args)
+
+    def _start(self, args: tuple) -> Any:
+        try:
+            self.plan = make_plan(self.fn, args)
+        except Ineligible as why:
+            self.reason = str(why)
+            # a recorded run copied in-place ops' inputs: the result comes from fn itself
+            return self.fn(*args)
+        return self.plan.reference_output()

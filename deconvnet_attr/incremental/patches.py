@@ -1,0 +1,106 @@
+"""Changed rectangles of feature maps: the values the incremental engine carries between nodes.
+
+A node's value in a perturbed batch is :data:`UNCHANGED` (equal to the cached reference), a
+:class:`Patch` (the reference with a rectangle replaced, per sample) or a plain tensor. This module
+holds the tensor arithmetic on rectangles: finding them, reading them out of a map, pasting them
+back in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+class _Unchanged:
+    """Marker: the node's value equals the cached reference (per example)."""
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED = _Unchanged()
+
+
+@dataclass
+class Patch:
+    """Values ``data`` (B, C, h, w) of the rectangle at (top[b], left[b]) of a (·, C, H, W) map;
+    outside it the map equals the cached reference of example ``b % N``."""
+
+    data: Tensor
+    top: Tensor
+    left: Tensor
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.data.shape[-2]), int(self.data.shape[-1])
+
+
+def gather(
+    ref: Tensor, patch: Patch | None, top: Tensor, left: Tensor, h: int, w: int, pad_value: float
+) -> Tensor:
+    """Rectangles (B, C, h, w) at (top[b], left[b]) of the map ``patch``-over-``ref``.
+
+    ``ref`` (n, C, H, W) is the reference map (sample ``b`` reads example ``b % n``); rows and
+    columns outside it read ``pad_value``; inside ``patch``'s rectangle they read the patch.
+    """
+    batch = top.shape[0]
+    height, width = ref.shape[-2:]
+    device = ref.device
+    rows = top[:, None] + torch.arange(h, device=device)
+    cols = left[:, None] + torch.arange(w, device=device)
+    example = torch.arange(batch, device=device) % ref.shape[0]
+    out = ref[
+        example[:, None, None],
+        :,
+        rows.clamp(0, height - 1)[:, :, None],
+        cols.clamp(0, width - 1)[:, None, :],
+    ]  # (B, h, w, C)
+    outside = (rows < 0) | (rows >= height), (cols < 0) | (cols >= width)
+    if outside[0].any() or outside[1].any():
+        mask = outside[0][:, :, None] | outside[1][:, None, :]
+        out = out.masked_fill(mask[..., None], pad_value)
+    if patch is not None:
+        ph, pw = patch.size
+        prow, pcol = rows - patch.top[:, None], cols - patch.left[:, None]
+        inside = ((prow >= 0) & (prow < ph))[:, :, None] & ((pcol >= 0) & (pcol < pw))[:, None, :]
+        values = patch.data[
+            torch.arange(batch, device=device)[:, None, None],
+            :,
+            prow.clamp(0, ph - 1)[:, :, None],
+            pcol.clamp(0, pw - 1)[:, None, :],
+        ]
+        out = torch.where(inside[..., None], values, out)
+    return out.permute(0, 3, 1, 2)
+
+
+def paste(ref: Tensor, patch: Patch, copies: int) -> Tensor:
+    """The whole batch (B, C, H, W): ``ref`` (N, C, H, W) repeated ``copies`` times, ``patch``
+    pasted in."""
+    out = ref.repeat(copies, 1, 1, 1)
+    h, w = patch.size
+    device = out.device
+    rows = patch.top[:, None, None] + torch.arange(h, device=device)[None, :, None]
+    cols = patch.left[:, None, None] + torch.arange(w, device=device)[None, None, :]
+    out[torch.arange(out.shape[0], device=device)[:, None, None], :, rows, cols] = (
+        patch.data.permute(0, 2, 3, 1)
+    )
+    return out
+
+
+def bounds(changed: Tensor) -> tuple[Tensor, Tensor]:
+    """First and last True index along the last dim of ``changed`` (B, L); (0, -1) if none."""
+    length = changed.shape[-1]
+    as_int = changed.to(torch.int8)
+    first = as_int.argmax(-1)
+    last = length - 1 - as_int.flip(-1).argmax(-1)
+    none = ~changed.any(-1)
+    return first.masked_fill(none, 0), last.masked_fill(none, -1)
+
+
+def place(first: Tensor, last: Tensor, size: int) -> tuple[Tensor, int]:
+    """Common extent (the widest ``last - first + 1``) and starts shifted inward to fit."""
+    extent = int((last - first + 1).max().clamp(min=0))
+    return torch.minimum(first, torch.tensor(size - extent, device=first.device)), extent

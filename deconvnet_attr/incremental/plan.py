@@ -1,0 +1,166 @@
+"""The incremental engine's plan, built once from the unperturbed call: is ``fn`` eligible, which
+cached values die after which node (liveness), and what each node costs in full.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+from torch.fx import Node
+from torch.fx.node import map_arg
+
+from deconvnet_attr.geometry import GeometryError, TracedNet, trace
+from deconvnet_attr.ops import OpKind, op_kind, writes_input
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+class Ineligible(Exception):
+    """``fn`` cannot be evaluated incrementally; the message says why."""
+
+
+@dataclass
+class Plan:
+    """What the executor needs to know about the traced graph, computed once.
+
+    ``net`` is the trace with every node's reference value (N examples); ``reference`` the
+    unperturbed call's arguments; ``release[node]`` the batch-dependent values no node after
+    ``node`` reads; ``macs[node]`` the multiply-accumulates of one sample's full output of a
+    convolution node.
+    """
+
+    net: TracedNet
+    reference: tuple
+    examples: int
+    modules: dict[str, Any]
+    release: dict[Node, list[Node]]
+    macs: dict[Node, int]
+
+    def reference_output(self) -> Any:
+        """The unperturbed call's result, from the recorded values."""
+        output = next(n for n in self.net.nodes if n.op == "output")
+        return map_arg(output.args[0], lambda n: self.net.values[n])
+
+    def batch_size(self, args: tuple) -> int | None:
+        """The batch size B if ``args`` are perturbed copies of the reference, else None."""
+        if len(args) != len(self.reference):
+            return None
+        batch = None
+        for arg, ref in zip(args, self.reference, strict=True):
+            if isinstance(ref, Tensor) != isinstance(arg, Tensor):
+                return None
+            if not isinstance(ref, Tensor):
+                if arg is not ref and arg != ref:
+                    return None
+                continue
+            if (
+                ref.dim() == 0
+                or arg.shape[1:] != ref.shape[1:]
+                or arg.dtype != ref.dtype
+                or arg.device != ref.device
+                or arg.shape[0] % ref.shape[0]
+            ):
+                return None
+            if batch is not None and arg.shape[0] != batch:
+                return None
+            batch = arg.shape[0]
+        return batch
+
+
+def _node_op(node: Node) -> Any:
+    """The callable a traced node calls (``Tensor.<name>`` for a method call)."""
+    if node.op == "call_method":
+        return getattr(Tensor, str(node.target), None)
+    return node.target if node.op == "call_function" else None
+
+
+def _inplace(node: Node, modules: dict[str, Any]) -> bool:
+    if node.op == "call_module":
+        return bool(getattr(modules[node.target], "inplace", False))
+    if node.op == "call_function":
+        return writes_input(node.target) or node.kwargs.get("inplace") is True
+    return node.op == "call_method" and str(node.target).endswith("_")
+
+
+def module_reason(fn: Any) -> str | None:
+    """Why ``fn``'s forward passes must run as they are, if they must.
+
+    Hooks would see rectangles instead of maps (or, for traced-through modules, tracer proxies);
+    training mode makes BatchNorm depend on the batch and dropout random.
+    """
+    if not isinstance(fn, nn.Module):
+        return None
+    for name, module in fn.named_modules():
+        if any(getattr(module, hooks, None) for hooks in _HOOK_DICTS):
+            return f"module {name or type(fn).__name__!r} has hooks"
+        if module.training:
+            return f"module {name or type(fn).__name__!r} is in training mode"
+    if any(getattr(nn.modules.module, f"_global{hooks}", None) for hooks in _HOOK_DICTS):
+        return "global module hooks are registered"
+    return None
+
+
+def aliasing_hazard(net: TracedNet) -> str | None:
+    """Why the graph relies on in-place aliasing (which the engine does not model), if it does.
+
+    An in-place op is safe when nothing reads its mutated input afterwards and that input is not
+    a view of (or the caller's) tensor.
+    """
+    modules = dict(net.module.named_modules())
+    order = {n: i for i, n in enumerate(net.nodes)}
+    for node in net.nodes:
+        if not _inplace(node, modules) or not node.args or not isinstance(node.args[0], Node):
+            continue
+        mutated = node.args[0]
+        if mutated.op == "placeholder":
+            return f"{node.name} modifies the input in place"
+        if op_kind(_node_op(mutated)) in (OpKind.LAYOUT, OpKind.ALIAS):
+            return f"{node.name} modifies a view ({mutated.name}) in place"
+        if any(order[u] > order[node] for u in mutated.users if u is not node):
+            return f"{node.name} modifies {mutated.name} in place, which is read afterwards"
+    return None
+
+
+def _release(net: TracedNet) -> dict[Node, list[Node]]:
+    """For each node, the batch-dependent values it is the last reader of."""
+    last_use: dict[Node, Node] = {}
+    for node in net.nodes:
+        for used in node.all_input_nodes:
+            last_use[used] = node
+    release: dict[Node, list[Node]] = {}
+    for used, user in last_use.items():
+        if used in net.depends:
+            release.setdefault(user, []).append(used)
+    return release
+
+
+def make_plan(fn: Callable[..., Any], args: tuple) -> Plan:
+    """Trace ``fn`` on the unperturbed ``args`` and plan its incremental evaluation.
+
+    Raises :class:`Ineligible` when ``fn`` must run as it is: a module with hooks or in training
+    mode, not traceable, in-place aliasing, no tensor input.
+    """
+    reason = module_reason(fn)
+    if reason is not None:
+        raise Ineligible(reason)
+    try:
+        net = trace(fn, args, keep_values=True)
+    except GeometryError as error:
+        raise Ineligible(str(error)) from error
+    reason = aliasing_hazard(net)
+    if reason is not None:
+        raise Ineligible(reason)
+    tensors = [a for a in args if isinstance(a, Tensor)]
+    if not tensors:
+        raise Ineligible("no tensor input")
+    macs = {
+        node: net.values[node][0].numel() * net.specs[node].macs
+        for node in net.nodes
+        if net.specs[node].macs and isinstance(net.values.get(node), Tensor)
+    }
+    return Plan(
+        net, args, tensors[0].shape[0], dict(net.module.named_modules()), _release(net), macs
+    )
