@@ -2,6 +2,7 @@
 
     python examples/atlas.py --out atlas            # then open atlas/index.html in a browser
     python examples/atlas.py --images 200 --occlusion 3
+    python examples/atlas.py --screenshots docs/figures   # + atlas-layer.png, atlas-channel.png
 
 Runs on the bundled Fashion-MNIST reference model and evaluation subset (no network). The same
 call, :func:`deconvnet_attr.atlas.build_atlas`, takes any CNN, layer names and images (a tensor,
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from torch.utils.data import Subset, TensorDataset
 
@@ -26,9 +28,10 @@ def main() -> None:
     parser.add_argument("--layers", default="conv1,conv2,conv3,conv4,conv5")
     parser.add_argument("--images", type=int, default=1000, help="first N of the 1,000 images")
     parser.add_argument("--k", type=int, default=9)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--occlusion", type=int, default=0, help="images with occlusion maps")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--screenshots", help="folder for screenshots (needs playwright, chromium)")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -48,6 +51,29 @@ def main() -> None:
         progress=not args.no_progress,
     )
     print(f"atlas written to {index} in {time.perf_counter() - start:.1f} s")
+    if args.screenshots:
+        screenshots(index.parent, Path(args.screenshots))
+
+
+def screenshots(atlas: Path, folder: Path) -> None:
+    """A layer page and a channel page, as Debian's headless Chromium shows them."""
+    from playwright.sync_api import sync_playwright
+
+    folder.mkdir(parents=True, exist_ok=True)
+    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=args)
+        page = browser.new_page(viewport={"width": 1000, "height": 640})
+        loaded = "() => [...document.images].every(i => i.complete && i.naturalWidth > 0)"
+        page.goto((atlas / "layer-conv3.html").as_uri())
+        page.wait_for_function(loaded)
+        page.screenshot(path=str(folder / "atlas-layer.png"))
+        page.goto((atlas / "layer-conv1.html").as_uri())
+        page.click("#grid .tile >> nth=0")  # the strongest channel of conv1, with its filter
+        page.wait_for_function(loaded)
+        page.screenshot(path=str(folder / "atlas-channel.png"))
+        print(f"wrote {folder}/atlas-layer.png and atlas-channel.png")
+        browser.close()
 
 
 if __name__ == "__main__":

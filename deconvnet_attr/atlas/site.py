@@ -217,8 +217,8 @@ def _write_channel(
         svg = histogram_svg(hist, mark=float(record.values[-1]))
         extras.append(
             f'<figure class="hist">{svg}<figcaption>each image\'s strongest activation of the '
-            f"channel, {int(hist.counts.sum()):,} images (line: the {len(record.values)}th "
-            "strongest)</figcaption></figure>"
+            f"channel, {int(hist.counts.sum()):,} images (line: the weakest of the top "
+            f"{len(record.values)})</figcaption></figure>"
         )
     field = f" · receptive field {esc(layer.field)}" if layer.field else ""
     body = (
@@ -283,7 +283,8 @@ def _write_images(
             f'<img class="photo" src="{stem}.png" alt="image {record.index}">'
             "<h2>Most active channels</h2>"
             '<p class="help">Per layer, the channels whose strongest unit on this image is '
-            "largest (value: that unit's activation).</p>" + "".join(sections)
+            "largest (value: that unit's activation on this image; picture: the channel's "
+            "strongest projection over the data).</p>" + "".join(sections)
         )
         (out / "images" / f"{stem}.html").write_text(
             _page(f"image {record.index} — atlas", body, 1), encoding="utf-8"
