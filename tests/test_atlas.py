@@ -287,3 +287,35 @@ def test_streaming_histogram_equals_numpy(seed):
         expected, _ = np.histogram(values[:, c], bins=h.edges)
         np.testing.assert_array_equal(h.counts, expected)
         assert h.counts.sum() == len(values)
+
+
+def test_write_atlas_streams_hand_made_records(tmp_path):
+    """The writer needs no model: records from a generator, consumed once, one at a time."""
+    from deconvnet_attr.atlas import ChannelRecord, Histogram, LayerRecord
+
+    consumed = []
+
+    def records():
+        gen = torch.Generator().manual_seed(0)
+        for c in (4, 0, 2):
+            consumed.append(c)
+            shown = torch.rand(2, 3, 5, 5, generator=gen)
+            yield ChannelRecord(
+                channel=c,
+                values=torch.tensor([10.0 + c, 1.0]),
+                image_ids=torch.tensor([c, 7]),
+                image_names=[f"img{c}.jpg", None],
+                projections=shown - 0.5,
+                patches=shown,
+                histogram=Histogram(np.array([1, 3]), np.array([0.0, 0.5, 1.0])),
+            )
+
+    write_atlas(tmp_path, [LayerRecord("block.1", 6, records(), "5×5 px")], progress=False)
+    assert consumed == [4, 0, 2]
+    page = parse(tmp_path / "layer-block.1.html")
+    tiles = page.find("a", "tile")
+    assert [int(t["data-channel"]) for t in tiles] == [4, 2, 0]  # strongest first
+    assert "3 of 6 channels" in "".join(page.text)
+    channel = (tmp_path / "layer-block.1" / "c4.html").read_text(encoding="utf-8")
+    assert "img4.jpg" in channel and 'data-counts="1,3"' in channel
+    assert "images/image-4.html" not in channel  # no image page, no link
