@@ -260,6 +260,10 @@ def test_bad_input_is_named(reference, tmp_path):
         build_atlas(model, ["conv1"], [images], tmp_path / "x", progress=False)
     with pytest.raises(ValueError, match="conv9"):
         build_atlas(model, ["conv9"], images[:4], tmp_path / "x", progress=False)
+    with pytest.raises(ValueError, match=r"occlusion_images \[64\]"):
+        build_atlas(model, ["conv1"], images, tmp_path / "x", occlusion_images=[64], progress=False)
+    with pytest.raises(ValueError, match="per_image"):
+        build_atlas(model, ["conv1"], images[:4], tmp_path / "x", per_image=0, progress=False)
     with pytest.raises(ValueError, match="mined is empty"):
         atlas_from_mined(model, images[:4], {}, tmp_path / "x", progress=False)
     with pytest.raises(ValueError, match="layers is empty"):

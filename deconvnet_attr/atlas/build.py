@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -117,7 +118,16 @@ def atlas_from_mined(
     if not mined:
         raise ValueError("mined is empty: no layers to put in the atlas")
     dataset, loader = _sources(data, batch_size, num_workers)
+    if not isinstance(per_image, int) or per_image < 1:
+        raise ValueError(f"per_image must be a positive integer, got {per_image!r}")
     occlusion_images = [int(i) for i in occlusion_images]
+    spatial = [name for name, top in mined.items() if top.locations.shape[-1] == 2]
+    size = len(dataset)  # type: ignore[arg-type]
+    outside = [i for i in occlusion_images if not 0 <= i < size]
+    if outside:
+        raise ValueError(f"occlusion_images {outside} are not positions in the {size} images")
+    if occlusion_images and not spatial:
+        raise ValueError("occlusion maps need an analysed layer with a spatial (C, H, W) map")
     pages = sorted({int(i) for top in mined.values() for i in top.indices.flatten().tolist()})
     pages = sorted(set(pages) | set(occlusion_images))
     if stats is None:
@@ -147,14 +157,13 @@ def atlas_from_mined(
                 else f"{field.size[0]}×{field.size[1]} px, stride {field.stride[0]}",
             )
         )
-    spatial = [name for name, top in mined.items() if top.locations.shape[-1] == 2]
     images = _image_records(
         model,
         dataset,
         stats,
         pages,
         occlusion_images,
-        spatial[-1] if spatial else None,
+        spatial[-1] if spatial else "",
         class_names,
         batch_size,
     )
@@ -220,18 +229,15 @@ def _image_records(
     stats: ActivationStats,
     pages: Sequence[int],
     occlusion_images: Sequence[int],
-    occlusion_layer: str | None,
+    occlusion_layer: str,
     class_names: Sequence[str] | None,
     batch_size: int,
 ) -> Iterator[ImageRecord]:
-    """One :class:`ImageRecord` per page, fetched one at a time; occlusion maps where asked."""
+    """One :class:`ImageRecord` per page, fetched one at a time; occlusion maps (for
+    ``occlusion_layer``, a square of the occlusion images' mean grey) where asked."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     occluded = set(occlusion_images)
-    if occluded and occlusion_layer is None:
-        raise ValueError("occlusion maps need an analysed layer with a spatial (C, H, W) map")
-    grey = (
-        float(torch.stack([_example(data, i) for i in occlusion_images]).mean()) if occluded else 0
-    )
+    grey = float(torch.stack([_example(data, i) for i in occluded]).mean()) if occluded else 0.0
     for index in pages:
         image, label = _item(data, index)
         maps = projection = None
@@ -259,7 +265,9 @@ def _image_records(
         )
 
 
-def _sources(data: Data, batch_size: int, num_workers: int) -> tuple[Tensor | Dataset, object]:
+def _sources(
+    data: Data, batch_size: int, num_workers: int
+) -> tuple[Tensor | Dataset, Tensor | DataLoader]:
     """``(random-access data, data-set-ordered stream of batches)`` of the caller's ``data``."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -305,13 +313,14 @@ def _example(data: Tensor | Dataset, index: int) -> Tensor:
 
 def _filename(data: Tensor | Dataset, index: int) -> str | None:
     """The image's file name, for an ImageFolder-like data set (also inside Subsets/wrappers)."""
+    current: Any = data
     while True:
-        if isinstance(data, Subset):
-            data, index = data.dataset, int(data.indices[index])
-        elif hasattr(data, "samples"):
-            return Path(str(data.samples[index][0])).name
-        elif isinstance(getattr(data, "dataset", None), Dataset):
-            data = data.dataset
+        if isinstance(current, Subset):
+            current, index = current.dataset, int(current.indices[index])
+        elif hasattr(current, "samples"):
+            return Path(str(current.samples[index][0])).name
+        elif isinstance(getattr(current, "dataset", None), Dataset):
+            current = current.dataset
         else:
             return None
 
