@@ -20,13 +20,9 @@ from torch.utils.data import DataLoader, Dataset, SequentialSampler, Subset
 
 from deconvnet_attr.deconv import DeconvProjection
 from deconvnet_attr.geometry import GeometryError, ReceptiveField, receptive_field
-from deconvnet_attr.mining import (
-    TopActivations,
-    project_top_activations,
-    receptive_field_patches,
-    top_activations_by_layer,
-)
+from deconvnet_attr.mining import TopActivations, top_activations_by_layer
 from deconvnet_attr.occlusion import occlusion_maps
+from deconvnet_attr.projection import project_top_activations, receptive_field_patches
 from deconvnet_attr.taps import Taps, resolve_layer
 
 from .records import ChannelRecord, ImageRecord, LayerRecord
