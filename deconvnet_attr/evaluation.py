@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -58,13 +59,13 @@ def iterate_batches(data: Data, batch_size: int = 256) -> Iterator[tuple[Tensor,
     """Yield ``(inputs, labels)`` batches from a ``(X, y)`` tensor pair or any batch iterable
     (e.g. a ``DataLoader``)."""
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
-        x, y = data
+        x, y = cast(tuple[Tensor, Tensor], data)
         if len(x) != len(y):
             raise ValueError(f"inputs and labels differ in length: {len(x)} vs {len(y)}")
         for start in range(0, len(x), batch_size):
             yield x[start : start + batch_size], y[start : start + batch_size]
     else:
-        yield from data
+        yield from cast(Iterable[tuple[Tensor, Tensor]], data)
 
 
 def _topk_hits(logits: Tensor, labels: Tensor, topk: Sequence[int]) -> dict[int, int]:

@@ -27,9 +27,14 @@ __all__ = ["project_top_activations", "receptive_field_patches"]
 class ReceptiveFieldLike(Protocol):
     """What :func:`receptive_field_patches` needs of a receptive field: (height, width) pairs."""
 
-    size: tuple[int, int]
-    stride: tuple[int, int]
-    offset: tuple[int, int]
+    @property
+    def size(self) -> tuple[int, int]: ...
+
+    @property
+    def stride(self) -> tuple[int, int]: ...
+
+    @property
+    def offset(self) -> tuple[int, int]: ...
 
 
 def _dataset_of(data: Tensor | Dataset | DataLoader) -> Tensor | Dataset:

@@ -4,6 +4,7 @@ analyses compare (paper Fig. 5 and Table 1)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -38,7 +39,7 @@ def flat_layer_outputs(
     outs: list[Tensor] = []
     with torch.no_grad(), preserved_state(model):
         for batch in inputs.split(batch_size):
-            captured = taps.run(lambda batch=batch: model(batch))
+            captured = taps.run(partial(model, batch))
             outs.append(captured.result.detach().cpu())
             for name, output in captured.outputs.items():
                 feats[name].append(output.flatten(1).float().cpu())

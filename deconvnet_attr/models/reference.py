@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -108,7 +109,9 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     if missing:
         raise ValueError(f"{path} is not a deconvnet-attr model file (missing {sorted(missing)})")
     if "config" in record:
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in record["config"].items()}
+        fields: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in record["config"].items()
+        }
         config = ZFNetConfig(**fields)
     elif record["arch"] in ARCH_CONFIGS:  # files written before the config was stored
         config = ARCH_CONFIGS[record["arch"]]
@@ -152,5 +155,7 @@ def load_checkpoints() -> dict[int, ZFNet]:
             with resources.as_file(entry) as path:
                 models[int(match.group(1))] = load_model(path)
     reference = load_reference()
+    if reference.epoch is None:
+        raise ValueError("the shipped reference model file records no training epoch")
     models[reference.epoch] = reference
     return dict(sorted(models.items()))

@@ -69,6 +69,9 @@ FASHION_MNIST_STD = (0.3530,)
 class Normalize(nn.Module):
     """Per-channel ``(x - mean) / std`` for inputs of shape ``(N, C, H, W)`` in [0, 1]."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         if len(mean) != len(std):
@@ -183,6 +186,13 @@ class ZFNet(nn.Sequential):
     the layers left out (:data:`REMOVABLE_LAYERS`).
     """
 
+    # the children every variant has (removable ones are reached by name, e.g. ``model.fc6``)
+    normalize: Normalize
+    conv1: nn.Conv2d
+    conv2: nn.Conv2d
+    fc8: nn.Linear
+    epoch: int | None  # set by load_model: the training epoch of a model file
+
     def __init__(
         self,
         layers: OrderedDict[str, nn.Module],
@@ -263,7 +273,8 @@ def _init_weights(model: nn.Module, scheme: str) -> None:
                 nn.init.normal_(module.weight, mean=0.0, std=0.01)
             else:
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-            nn.init.zeros_(module.bias)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
 
 
 def zfnet(num_classes: int = 1000, remove: Sequence[str] = ()) -> ZFNet:
