@@ -110,9 +110,10 @@ def modules_behind(fn: object, depth: int = 3) -> list[nn.Module]:
 
 
 @contextmanager
-def preserved_forward_state(fn: object) -> Iterator[None]:
-    """:func:`preserved_state` for every module :func:`modules_behind` finds behind ``fn``."""
+def preserved_forward_state(*fns: object) -> Iterator[None]:
+    """:func:`preserved_state` for every module :func:`modules_behind` finds behind ``fns``."""
+    modules = {id(m): m for fn in fns for m in modules_behind(fn)}
     with ExitStack() as stack:
-        for module in modules_behind(fn):
+        for module in modules.values():
             stack.enter_context(preserved_state(module))
         yield
