@@ -212,7 +212,8 @@ def _probe(model: nn.Module, layer: LayerSpec) -> tuple[Callable[..., Any], str]
     """
     name, module = resolve_layer(model, layer)
     traced = None
-    # hooks (any module's: a trace skips those of modules it traces through) and training mode
+    # hooks (a trace bakes those of traced-through modules into the graph, runs them on proxies
+    # and never runs the root's) and training mode
     # need the model's own forward pass
     if not _global_hooks() and not any(m.training or _hooked(m) for m in model.modules()):
         try:
