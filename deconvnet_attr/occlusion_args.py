@@ -25,17 +25,14 @@ def _check_int(value: object, name: str) -> None:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-def _per_input(value: object, inputs: tuple[Tensor, ...], name: str) -> tuple[object, ...]:
-    """Captum's convention: one entry for a single input, else a tuple with one per input."""
-    if len(inputs) == 1 and not (
-        isinstance(value, tuple) and value and isinstance(value[0], tuple)
-    ):
-        return (value,)
-    if not isinstance(value, tuple) or len(value) != len(inputs):
+def _per_input(value: object, inputs: tuple[Tensor, ...], name: str, wrap: bool) -> tuple:
+    """``value`` as one entry per input: Captum wraps a single input's entry when ``wrap``."""
+    per_input = (value,) if wrap else value
+    if not isinstance(per_input, tuple) or len(per_input) != len(inputs):
         raise ValueError(
             f"{name} must hold one entry per input tensor ({len(inputs)}), got {value!r}"
         )
-    return value
+    return per_input
 
 
 def check_windows(
@@ -58,9 +55,23 @@ def check_windows(
             f"sliding_window_shapes must be a tuple of ints (or one tuple per input), "
             f"got {sliding_window_shapes!r}"
         )
-    shapes = _per_input(sliding_window_shapes, tensors, "sliding_window_shapes")
+    # Captum's rules: a window given as ints is the one input's; strides are one input's unless
+    # they are a 1-tuple (for a single input) or one entry per input
+    shapes = _per_input(
+        sliding_window_shapes,
+        tensors,
+        "sliding_window_shapes",
+        isinstance(sliding_window_shapes[0], int),
+    )
     stride_list = (
-        (None,) * len(tensors) if strides is None else _per_input(strides, tensors, "strides")
+        (None,) * len(tensors)
+        if strides is None
+        else _per_input(
+            strides,
+            tensors,
+            "strides",
+            len(tensors) == 1 and not (isinstance(strides, tuple) and len(strides) == 1),
+        )
     )
     for i, (x, shape, stride) in enumerate(zip(tensors, shapes, stride_list, strict=True)):
         where = f" for input {i}" if len(tensors) > 1 else ""
