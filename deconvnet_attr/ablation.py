@@ -24,6 +24,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager, nullco
 
 import torch
 from captum.attr import PerturbationAttribution
+from captum.log import log_usage
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -37,7 +38,7 @@ from deconvnet_attr.captum_compat import (
     _run_forward,
 )
 from deconvnet_attr.evaluation import AccuracyTable, accuracies, iterate_batches
-from deconvnet_attr.state import preserved_state
+from deconvnet_attr.state import preserved_forward_state, preserved_state
 from deconvnet_attr.taps import LayerSpec, display_name, forward_hooks, resolve_layer
 
 Baseline = float | int | str | Callable[[Tensor], Tensor]
@@ -197,6 +198,12 @@ class LayerAblation(PerturbationAttribution):
             output, after target selection, must hold one value per example.
         layers (list): layers of the model (modules, or dotted names when ``forward_func`` is
             the model) or lists of them, one attribution column each.
+
+    The model is not changed: buffers (BatchNorm running statistics in training mode), training
+    and ``requires_grad`` flags are restored after ``attribute``, also on error. When
+    ``forward_func`` is a plain function or lambda, the models restored are those
+    :func:`~deconvnet_attr.state.modules_behind` finds in its closure and globals, and the
+    ablated layers. Dropout in training mode stays active, as in Captum.
     """
 
     def __init__(self, forward_func: Callable, layers: Sequence[LayerOrGroup]) -> None:
@@ -220,6 +227,7 @@ class LayerAblation(PerturbationAttribution):
             )
         return out.reshape(rows)
 
+    @log_usage()
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],
@@ -265,7 +273,7 @@ class LayerAblation(PerturbationAttribution):
         n = inputs_t[0].shape[0]
         columns = []
         starts = range(0, len(self._groups), perturbations_per_eval)
-        with torch.no_grad(), preserved_state(self.forward_func):
+        with torch.no_grad(), preserved_forward_state(self.forward_func, *self._names):
             intact = self._target_output(inputs_t, target, args, n)
             for start in tqdm(starts, desc="LayerAblation", disable=not show_progress):
                 chunk = self._groups[start : start + perturbations_per_eval]

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
+from deconvnet_attr.state import preserved_state
 from deconvnet_attr.taps import LayerSpec, Taps
 
 __all__ = ["TopActivations", "top_activations", "top_activations_by_layer"]
@@ -163,7 +164,8 @@ def top_activations(
     "top activations"), so the ``k`` entries of a channel are ``k`` different images.
 
     Args:
-        model: the network, run as given (call ``model.eval()`` first; it is not modified).
+        model: the network, run as given (call ``model.eval()`` first; it is not modified:
+            buffers such as BatchNorm running statistics are restored, also on error).
         layer: a submodule of ``model`` or its name (``"conv5"``); its output is ``(N, C, ...)``.
         data: a tensor ``(N, ...)`` of inputs, or an iterable of batches — tensors or
             ``(inputs, labels, ...)`` tuples, e.g. a ``DataLoader``. Inputs are moved to the
@@ -177,7 +179,11 @@ def top_activations(
         :class:`TopActivations` with ``values`` ``(C, k)``, ``indices`` ``(C, k)``,
         ``locations`` ``(C, k, S)`` and ``channels`` ``(C,)``. ``indices`` are positions in the
         order ``data`` yields its examples (for a tensor or an unshuffled DataLoader: data-set
-        indices).
+        indices; a shuffled DataLoader's positions are those of that one pass).
+
+    Raises:
+        ValueError: an input or a mined layer output holds NaN or Inf; the message lists the
+            data-set positions of those examples.
 
     Distributed:
         If ``torch.distributed`` is initialised (e.g. under ``torchrun``), each rank mines its shard
@@ -240,16 +246,18 @@ def _mine(
     batches, length = _batches(data, batch_size, rank, world)
     chosen: list[Tensor] = []
     best: list[tuple[Tensor, ...]] = []
-    with torch.no_grad():
+    with torch.no_grad(), preserved_state(model):
         for inputs, positions in tqdm(
             batches, total=length, desc="top activations", disable=not progress or rank != 0
         ):
             if len(inputs) == 0:
                 continue
+            _check_finite(inputs, positions, "the inputs")
             outputs = taps(inputs.to(device))
             for i, out in enumerate(outputs[name] for name in taps.names):
                 if len(chosen) == i:
                     chosen.append(_channels(channels[i], out.shape[1]))
+                _check_finite(out, positions, f"layer {taps.names[i]!r}'s output")
                 candidates = _candidates(out, chosen[i], positions)
                 if len(best) == i:
                     best.append(_select(*candidates, k))
@@ -265,6 +273,22 @@ def _mine(
         raise ValueError("data is empty: no batches to mine")
     names = [name for name, _ in taps.resolved]
     return {n: TopActivations(*b, c) for n, b, c in zip(names, best, chosen, strict=True)}
+
+
+def _check_finite(batch: Tensor, positions: Tensor, what: str) -> None:
+    """Raise naming the data-set positions of the examples whose ``batch`` rows hold NaN/Inf.
+
+    A NaN compares as the largest value in ``max``, so one broken image would top every channel.
+    """
+    if not batch.is_floating_point():
+        return
+    bad = ~torch.isfinite(batch.reshape(batch.shape[0], -1)).all(dim=1)
+    if bool(bad.any()):
+        where = positions[bad.cpu()].tolist()
+        raise ValueError(
+            f"{what} hold NaN or Inf for the examples at data-set positions {where}: "
+            "top activations would be meaningless (NaN ranks first); remove or fix them"
+        )
 
 
 def _candidates(out: Tensor, chosen: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -14,19 +14,27 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from captum.attr import Occlusion as CaptumOcclusion
+from captum.log import log_usage
 from torch import Tensor, nn
 from torch.fx import GraphModule
 from tqdm.auto import tqdm
 
-from deconvnet_attr.captum_compat import BaselineType, TargetType, TensorOrTupleOfTensorsGeneric
+from deconvnet_attr.captum_compat import (
+    BaselineType,
+    TargetType,
+    TensorOrTupleOfTensorsGeneric,
+)
 from deconvnet_attr.geometry import layer_node
 from deconvnet_attr.incremental import IncrementalForward, RunStats
+from deconvnet_attr.occlusion_args import TargetChecked, check_baselines, check_windows
+from deconvnet_attr.state import preserved_forward_state, preserved_state
 from deconvnet_attr.taps import LayerSpec, Taps, resolve_layer
 from deconvnet_attr.tracing import symbolic_trace
 
@@ -45,8 +53,21 @@ class OcclusionRun:
     stats: RunStats
 
 
-def _traceable(forward_func: Callable[..., Any]) -> Callable[..., Any]:
-    """The object to trace: the module behind a bound ``forward``, else ``forward_func``."""
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _global_hooks() -> bool:
+    """Whether module hooks registered for every module (``register_module_forward_hook``) exist."""
+    return any(getattr(nn.modules.module, f"_global{hooks}", None) for hooks in _HOOK_DICTS)
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether calling ``module`` runs hooks that its ``forward`` alone does not."""
+    return _global_hooks() or any(getattr(module, hooks, None) for hooks in _HOOK_DICTS)
+
+
+def _bound_owner(forward_func: Callable[..., Any]) -> nn.Module | None:
+    """The module whose own ``forward`` ``forward_func`` is (``model.forward``), else None."""
     owner = getattr(forward_func, "__self__", None)
     if (
         isinstance(owner, nn.Module)
@@ -54,25 +75,54 @@ def _traceable(forward_func: Callable[..., Any]) -> Callable[..., Any]:
         and forward_func.__func__ is type(owner).forward
     ):
         return owner
-    return forward_func
+    return None
+
+
+def _engine_target(forward_func: Callable[..., Any]) -> tuple[Callable[..., Any] | None, str]:
+    """What the incremental engine may stand in for, or ``None`` and why it may not.
+
+    The engine traces and (when it must fall back) calls a module, which runs the module's own
+    hooks. Captum calls ``forward_func`` as given: a module with its hooks, a bound ``forward``
+    without the root module's hooks (its submodules' hooks still run). So a bound ``forward`` is
+    replaced by its module only when the module has no hooks of its own (nor global ones).
+    """
+    owner = _bound_owner(forward_func)
+    if owner is None:
+        return forward_func, ""
+    if _hooked(owner):
+        return None, (
+            f"forward_func is the bound forward of {type(owner).__name__}, whose own hooks "
+            "Captum's call skips: called as given"
+        )
+    return owner, ""
 
 
 class Occlusion(CaptumOcclusion):
     r"""Drop-in for :class:`captum.attr.Occlusion`, several times faster on CNNs.
 
-    Same constructor, ``attribute`` signature, argument meanings, errors and return values as
-    Captum's class (see its documentation, reproduced by ``help(captum.attr.Occlusion)``).
-    For a traceable ``forward_func`` the occluded batches are evaluated by exact incremental
-    inference (``deconvnet_attr.incremental``); otherwise -- an untraceable callable such as a
-    lambda that calls a model, a model with hooks or in training mode, in-place aliasing -- by
-    full recomputation, exactly as Captum does. ``last_run`` records which path the last call
-    took.
+    Same constructor, ``attribute`` signature, argument meanings and return values as Captum's
+    class (see its documentation, reproduced by ``help(captum.attr.Occlusion)``); ``forward_func``
+    is called exactly as Captum calls it (a module with its hooks, a bound ``model.forward``
+    without the root module's hooks). For a traceable ``forward_func`` the occluded batches are
+    evaluated by exact incremental inference (``deconvnet_attr.incremental``); otherwise -- an
+    untraceable callable such as a lambda that calls a model, a model with hooks or in training
+    mode, in-place aliasing -- by full recomputation, exactly as Captum does. ``last_run``
+    records which path the last call took.
+
+    Departures from Captum, all checks or state kept: invalid ``sliding_window_shapes``,
+    ``strides`` (zero or negative: Captum returns NaN) or ``target`` raise ``ValueError`` naming
+    the argument before the sweep; the model's buffers (BatchNorm running statistics in training
+    mode), training flags and ``requires_grad`` flags are restored afterwards, also on error
+    (Captum leaves the statistics updated by every occluded batch). For a plain function or
+    lambda the models restored are those :func:`~deconvnet_attr.state.modules_behind` finds in
+    its closure and globals. Dropout in training mode stays active, as in Captum.
     """
 
     def __init__(self, forward_func: Callable[..., Tensor]) -> None:
         super().__init__(forward_func)
         self.last_run: OcclusionRun | None = None
 
+    @log_usage()
     def attribute(  # type: ignore[override]
         self,
         inputs: TensorOrTupleOfTensorsGeneric,
@@ -90,19 +140,28 @@ class Occlusion(CaptumOcclusion):
         the mean over the windows covering it of ``output(input) - output(occluded input)``
         for ``target``.
         """
-        engine = IncrementalForward(_traceable(self.forward_func))
-        result = CaptumOcclusion(engine).attribute(
-            inputs,
-            sliding_window_shapes,
-            strides=strides,
-            baselines=baselines,
-            target=target,
-            additional_forward_args=additional_forward_args,
-            perturbations_per_eval=perturbations_per_eval,
-            show_progress=show_progress,
-        )
-        path = "incremental" if engine.incremental else "full"
-        self.last_run = OcclusionRun(path, engine.reason, engine.stats)
+        check_windows(inputs, sliding_window_shapes, strides, perturbations_per_eval)
+        if baselines is not None:
+            check_baselines(inputs, baselines)
+        fn, why_not = _engine_target(self.forward_func)
+        engine = IncrementalForward(fn) if fn is not None else None
+        checked = TargetChecked(self.forward_func if engine is None else engine, target)
+        with preserved_forward_state(self.forward_func):
+            result = CaptumOcclusion(checked).attribute(
+                inputs,
+                sliding_window_shapes,
+                strides=strides,
+                baselines=baselines,
+                target=target,
+                additional_forward_args=additional_forward_args,
+                perturbations_per_eval=perturbations_per_eval,
+                show_progress=show_progress,
+            )
+        if engine is None:
+            self.last_run = OcclusionRun("full", why_not, RunStats())
+        else:
+            path = "incremental" if engine.incremental else "full"
+            self.last_run = OcclusionRun(path, engine.reason, engine.stats)
         if self.last_run.path == "incremental":
             logger.debug(
                 "incremental inference: %d batches, theoretical conv speedup %.2fx",
@@ -152,10 +211,15 @@ def _probe(model: nn.Module, layer: LayerSpec) -> tuple[Callable[..., Any], str]
     call in the forward pass is the one read.
     """
     name, module = resolve_layer(model, layer)
-    try:
-        traced = symbolic_trace(model)
-    except Exception:  # untraceable: taps on the real forward pass
-        traced = None
+    traced = None
+    # hooks (a trace bakes those of traced-through modules into the graph, runs them on proxies
+    # and never runs the root's) and training mode
+    # need the model's own forward pass
+    if not _global_hooks() and not any(m.training or _hooked(m) for m in model.modules()):
+        try:
+            traced = symbolic_trace(model)
+        except Exception:  # untraceable: taps on the real forward pass
+            traced = None
     if traced is not None:
         name, node = layer_node(traced, model, module)
         output = next(n for n in traced.graph.nodes if n.op == "output")
@@ -190,7 +254,11 @@ def occlusion_maps(
     unoccluded image -- is summed for map (b). ``target`` (default: the predicted class of the
     unoccluded image) is the class whose softmax probability gives map (d); map (e) is the most
     probable class. One sweep, ``perturbations_per_eval`` positions per forward pass, evaluated
-    by the incremental engine when the model is traceable. The model is not changed.
+    by the incremental engine when the model is traceable and has no hooks and no module in
+    training mode; otherwise by the model's own forward passes (``model(x)``: every hook runs).
+    The model is not changed: buffers (BatchNorm running statistics in training mode), training
+    and ``requires_grad`` flags are restored, also on error. Dropout in training mode stays
+    active.
     """
     window, stride = _two(window, "window"), _two(stride, "stride")
     x = image.unsqueeze(0) if image.dim() == 3 else image
@@ -203,7 +271,47 @@ def occlusion_maps(
         raise ValueError(
             f"perturbations_per_eval must be a positive int, got {perturbations_per_eval!r}"
         )
-    fill = torch.as_tensor(baseline, dtype=x.dtype, device=x.device).expand(x.shape[1:])
+    if target is not None:
+        if isinstance(target, bool) or not isinstance(target, numbers.Integral):
+            raise TypeError(f"target must be an int class index or None, got {target!r}")
+        target = int(target)
+    fill = _fill(baseline, x)
+    with preserved_state(model):
+        return _sweep(
+            model, x, window, stride, layer, target, fill, perturbations_per_eval, show_progress
+        )
+
+
+def _fill(baseline: float | Tensor, x: Tensor) -> Tensor:
+    """The occluder's content ``(C, H, W)``: ``baseline`` (a number or tensor) broadcast."""
+    try:
+        if isinstance(baseline, bool | str):
+            raise TypeError
+        value = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"baseline must be a number or a tensor, got {baseline!r}") from None
+    try:
+        return value.expand(x.shape[1:])
+    except RuntimeError:
+        raise ValueError(
+            f"baseline of shape {tuple(value.shape)} does not broadcast to the image's "
+            f"(C, H, W) = {tuple(x.shape[1:])}"
+        ) from None
+
+
+def _sweep(
+    model: nn.Module,
+    x: Tensor,
+    window: tuple[int, int],
+    stride: tuple[int, int],
+    layer: LayerSpec,
+    target: int | None,
+    fill: Tensor,
+    perturbations_per_eval: int,
+    show_progress: bool,
+) -> OcclusionMaps:
+    """:func:`occlusion_maps` on the validated ``(1, C, H, W)`` image ``x``."""
+    height, width = x.shape[-2:]
     probe, name = _probe(model, layer)
     engine = IncrementalForward(probe)
     rows = torch.arange(math.ceil((height - window[0]) / stride[0]) + 1) * stride[0]

@@ -9,6 +9,7 @@ images (or of their projections), as the paper shows them side by side.
 
 from __future__ import annotations
 
+import warnings
 from typing import Protocol
 
 import torch
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 from deconvnet_attr.deconv import DeconvProjection
 from deconvnet_attr.geometry import ReceptiveField, receptive_field_crop
 from deconvnet_attr.mining import TopActivations, _inputs_of
-from deconvnet_attr.taps import LayerSpec, resolve_layer
+from deconvnet_attr.taps import LayerSpec, Taps, resolve_layer
 
 __all__ = ["project_top_activations", "receptive_field_patches"]
 
@@ -83,6 +84,12 @@ def project_top_activations(
     Returns:
         ``(C, k, *input_shape)`` — ``[c, j]`` is the projection of the unit
         ``top.locations[c, j]`` of channel ``top.channels[c]`` for image ``top.indices[c, j]``.
+
+    Raises:
+        ValueError: an example fetched from ``data`` does not reproduce the mined value
+            ``top.values`` at its seed (checked per batch with one extra forward pass up to the
+            layer; relative tolerance 1e-2): ``data`` is not what was mined, e.g. ``top`` came
+            from a shuffled ``DataLoader``. In training mode the check is skipped with a warning.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -98,8 +105,17 @@ def project_top_activations(
             "examples: project with the data that top_activations mined"
         )
     seed_locations = top.locations.reshape(num_channels * k, -1)
+    seed_values = top.values.reshape(-1)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     projector = DeconvProjection(model, module)
+    taps = Taps(model, [module], stop=True, min_dim=2)
+    check = not any(m.training for m in model.modules())
+    if not check:
+        warnings.warn(
+            "model is in training mode: activations depend on the batch, so the projected "
+            "images cannot be checked against the mined values (call model.eval())",
+            stacklevel=2,
+        )
 
     pieces = []
     for start in tqdm(
@@ -115,11 +131,55 @@ def project_top_activations(
             )
         except ValueError as err:  # out-of-range channels or locations: top is from elsewhere
             raise ValueError(f"{err} (was top mined on this layer of this model?)") from err
+        if check:  # after the projection, which checks that channels and locations fit
+            _check_reproduced(
+                taps,
+                images.to(device),
+                seed_channels[start:stop],
+                seed_locations[start:stop],
+                seed_values[start:stop],
+                seed_images[start:stop],
+            )
         pieces.append(projected.detach().cpu())
     if not pieces:
         raise ValueError("top holds no mined units to project")
     projections = torch.cat(pieces)
     return projections.reshape(num_channels, k, *projections.shape[1:])
+
+
+def _check_reproduced(
+    taps: Taps,
+    images: Tensor,
+    channels: Tensor,
+    locations: Tensor,
+    mined: Tensor,
+    positions: Tensor,
+) -> None:
+    """Raise unless the layer activation of each seed equals the value that was mined for it.
+
+    ``images`` ``(M, ...)`` are the examples fetched for seeds with ``channels`` ``(M,)``,
+    ``locations`` ``(M, S)``, mined ``values`` ``(M,)`` and data-set ``positions`` ``(M,)``. A
+    mismatch means the example at that position is not the one that was mined: typically
+    ``top_activations`` was given a shuffled ``DataLoader`` (its positions are those of that one
+    pass), other data, or data with random augmentation.
+    """
+    with torch.no_grad():
+        act = taps(images)[taps.names[0]].float().cpu()
+    index = (torch.arange(len(images)), channels, *locations.T)
+    value = act[index]
+    scale = float(mined.abs().max()) if mined.numel() else 0.0
+    ok = torch.isclose(value, mined.float(), rtol=1e-2, atol=1e-3 * scale + 1e-6)
+    if not bool(ok.all()):
+        j = int((~ok).nonzero()[0])
+        raise ValueError(
+            f"the example at data-set position {int(positions[j])} gives activation "
+            f"{float(value[j]):.4g} at channel {int(channels[j])}, location "
+            f"{tuple(locations[j].tolist())} of layer {taps.names[0]!r}, but top_activations "
+            f"mined {float(mined[j]):.4g} there ({int((~ok).sum())} of {len(ok)} seeds in this "
+            "batch differ): data is not the data that was mined, in the same order. Mine a "
+            "tensor, a Dataset or an unshuffled DataLoader (shuffle=False) without random "
+            "augmentation, and project with the same data"
+        )
 
 
 def receptive_field_patches(
