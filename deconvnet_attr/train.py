@@ -18,9 +18,6 @@ runs after every step for both.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import itertools
 import math
 import os
 import sys
@@ -36,6 +33,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from .checkpoint import (
+    EpochSampler,
+    Keyed,
+    load_checkpoint,
+    resume_point,
+    save_checkpoint,
+    seed_of,
+    write_metrics,
+)
 from .cli import USER_ERRORS, one_line_warnings, user_error, writable_dir
 from .clipping import feature_scale_clip
 from .data import (
@@ -45,8 +51,8 @@ from .data import (
     load_fashion_mnist,
 )
 from .models.factory import create_model
-from .models.reference import ARCH_CONFIGS, ARCHS, model_record, save_model
-from .models.zfnet import REMOVABLE_LAYERS, ZFNet
+from .models.reference import ARCH_CONFIGS, ARCHS, save_model
+from .models.zfnet import REMOVABLE_LAYERS
 
 __all__ = ["main", "parse_args", "translate_flip"]
 
@@ -69,17 +75,6 @@ ARCH_DEFAULTS = {
         "snapshot_epochs": "1,2,5",
     },
 }
-METRIC_FIELDS = (
-    "epoch",
-    "step",
-    "lr",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "epoch_seconds",
-    "clipped_filters",
-)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -266,160 +261,6 @@ def evaluate(
     return loss_sum / len(data), correct / len(data)
 
 
-class _EpochSampler(Sampler):
-    """One epoch's training order from batch ``skip`` on, as ``(epoch, position, index)`` keys.
-
-    The order is ``base``'s (a ``RandomSampler`` re-seeded with ``seed + epoch``, or a
-    ``DistributedSampler`` given the epoch), so a resumed epoch skips exactly the batches done.
-    :meth:`start` sets the epoch and the batches to skip before each epoch.
-    """
-
-    def __init__(self, base: Sampler, seed: int, batch_size: int) -> None:
-        self.base, self.seed, self.batch_size = base, seed, batch_size
-        self.epoch = self.skip = 0
-
-    def start(self, epoch: int, skip: int) -> None:
-        self.epoch, self.skip = epoch, skip
-
-    def __iter__(self):
-        if isinstance(self.base, DistributedSampler):
-            self.base.set_epoch(self.epoch)
-        else:
-            self.base.generator.manual_seed(self.seed + self.epoch)
-        first = self.skip * self.batch_size
-        order = itertools.islice(iter(self.base), first, None)
-        for position, index in enumerate(order, first):
-            yield self.epoch, position, index
-
-    def __len__(self) -> int:
-        return len(self.base) - self.skip * self.batch_size  # type: ignore[arg-type]
-
-
-class _Keyed(Dataset):
-    """``dataset[index]`` for an ``(epoch, position, index)`` key; with ``reseed``, torch's RNG
-    is first seeded from (seed, epoch, position, rank), so random transforms (crops, flips) do
-    not depend on which worker or run loads the image."""
-
-    def __init__(self, dataset: Dataset, seed: int, rank: int, reseed: bool) -> None:
-        self.dataset, self.seed, self.rank, self.reseed = dataset, seed, rank, reseed
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, key: tuple[int, int, int]):
-        epoch, position, index = key
-        if self.reseed:
-            torch.manual_seed(_seed_of(self.seed, epoch, position, self.rank, 1))
-        return self.dataset[index]
-
-
-def _seed_of(*parts: int) -> int:
-    """A 63-bit seed from integers (Python's tuple hash of ints is the same in every process)."""
-    return hash(parts) & (2**63 - 1)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, write) -> None:
-    """``write(file)`` into ``path.tmp``, fsync it, rename it over ``path``, fsync the directory:
-    after a crash ``path`` holds the old or the new content, never a part."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _save_checkpoint(path: Path, model: ZFNet, args, epoch: int, **state) -> None:
-    """``last.pt``: the model record plus ``state`` (step, epoch_complete, batches_done, partial,
-    metrics, optimizer, scheduler, world), written atomically and fsync'd."""
-    record = model_record(model, args.arch, epoch)
-    record.update(state, args=vars(args) | {"out": str(args.out)})
-    _write_atomic(path, lambda f: torch.save(record, f))
-
-
-def _write_metrics(path: Path, rows: list[dict]) -> None:
-    """``metrics.csv`` holding exactly ``rows`` (written atomically, fsync'd)."""
-
-    def write(f) -> None:
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=METRIC_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-        f.write(text.getvalue().encode())
-
-    _write_atomic(path, write)
-
-
-def _load_checkpoint(path: Path, device: torch.device) -> dict:
-    """Read ``--resume``'s checkpoint; ValueError naming ``path`` when it is unreadable."""
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-    except Exception as err:  # torch raises pickle, zip and runtime errors for a damaged file
-        raise ValueError(f"--resume: cannot read checkpoint {path}: {err}") from err
-    missing = [
-        k
-        for k in ("arch", "model", "optimizer", "scheduler", "epoch", "step")
-        if not isinstance(ckpt, dict) or k not in ckpt
-    ]
-    if missing:
-        raise ValueError(f"--resume: {path} is not a training checkpoint (no {', '.join(missing)})")
-    return ckpt
-
-
-def _resume(ckpt: dict, path: Path, args, model, optimizer, scheduler, world: int) -> dict:
-    """Load ``ckpt`` into the model, optimiser and scheduler after checking it fits this run;
-    returns where to continue: start_epoch (last epoch begun), step, skip (batches of the next
-    epoch already done), partial (that epoch's running sums) and metrics (completed rows)."""
-    if ckpt["arch"] != args.arch:
-        raise ValueError(f"--resume: {path} is a --arch {ckpt['arch']} checkpoint, not {args.arch}")
-    try:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-    except (RuntimeError, ValueError, KeyError) as err:
-        raise ValueError(f"--resume: {path} does not fit this model/run: {err}") from err
-    complete = ckpt.get("epoch_complete", True)
-    if not complete:
-        if "batches_done" not in ckpt:
-            raise ValueError(
-                f"--resume: {path} stopped inside epoch {ckpt['epoch']} but holds no position in "
-                "that epoch (written by an older deconvnet-attr); resume from an epoch end"
-            )
-        saved = ckpt.get("args", {})
-        changed = [
-            f"--{k.replace('_', '-')} {saved[k]} -> {getattr(args, k)}"
-            for k in ("batch_size", "seed")
-            if k in saved and saved[k] != getattr(args, k)
-        ] + ([f"processes {ckpt['world']} -> {world}"] if ckpt.get("world", world) != world else [])
-        if changed:
-            raise ValueError(
-                f"--resume: {path} stopped inside an epoch; continuing it needs the same "
-                f"settings, changed: {', '.join(changed)}"
-            )
-    metrics = ckpt.get("metrics")
-    if metrics is None:  # older checkpoints: the completed epochs' rows of metrics.csv
-        csv_path = path.parent / "metrics.csv"
-        done = ckpt["epoch"] if complete else ckpt["epoch"] - 1
-        rows = list(csv.DictReader(open(csv_path))) if csv_path.is_file() else []
-        metrics = [r for r in rows if int(r["epoch"]) <= done]
-    return {
-        "start_epoch": ckpt["epoch"] if complete else ckpt["epoch"] - 1,
-        "step": ckpt["step"],
-        "skip": 0 if complete else ckpt["batches_done"],
-        "partial": None if complete else ckpt["partial"],
-        "metrics": list(metrics),
-    }
-
-
 def _make_scheduler(args, optimizer, steps_per_epoch: int):
     if args.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -474,9 +315,9 @@ def _train(args: argparse.Namespace, data: Data, env: Distributed) -> Path:
         )
     else:
         base = torch.utils.data.RandomSampler(data.train, generator=torch.Generator())
-    sampler = _EpochSampler(base, args.seed, args.batch_size)
+    sampler = EpochSampler(base, args.seed, args.batch_size)
     loader = DataLoader(
-        _Keyed(data.train, args.seed, env.rank, reseed=not data.tensor_augment),
+        Keyed(data.train, args.seed, env.rank, reseed=not data.tensor_augment),
         batch_size=args.batch_size,
         sampler=sampler,
         drop_last=True,
@@ -493,8 +334,8 @@ def _train(args: argparse.Namespace, data: Data, env: Distributed) -> Path:
     where = {"start_epoch": 0, "step": 0, "skip": 0, "partial": None, "metrics": []}
     if args.resume:
         path = args.out / "last.pt"
-        ckpt = _load_checkpoint(path, env.device)
-        where = _resume(ckpt, path, args, model, optimizer, scheduler, env.world)
+        ckpt = load_checkpoint(path, env.device)
+        where = resume_point(ckpt, path, args, model, optimizer, scheduler, env.world)
     start_epoch, step, history = where["start_epoch"], where["step"], where["metrics"]
     net = nn.parallel.DistributedDataParallel(model) if env.world > 1 else model
     aug_gen = torch.Generator()
@@ -528,7 +369,7 @@ def _train(args: argparse.Namespace, data: Data, env: Distributed) -> Path:
             x, y = next(batches)
             # Dropout and augmentation are seeded per (seed, epoch, batch, rank): a run resumed
             # at any batch draws what an uninterrupted run draws there.
-            batch_seed = _seed_of(args.seed, epoch, batch, env.rank)
+            batch_seed = seed_of(args.seed, epoch, batch, env.rank)
             torch.manual_seed(batch_seed)
             aug_gen.manual_seed(batch_seed)
             if data.tensor_augment:
@@ -580,7 +421,7 @@ def _train(args: argparse.Namespace, data: Data, env: Distributed) -> Path:
             # rewritten from them (+ this epoch's row so far): it never shows work last.pt lacks.
             if complete:
                 history.append(row)
-            _save_checkpoint(
+            save_checkpoint(
                 args.out / "last.pt",
                 model,
                 args,
@@ -602,7 +443,7 @@ def _train(args: argparse.Namespace, data: Data, env: Distributed) -> Path:
                 scheduler=scheduler.state_dict(),
                 world=env.world,
             )
-            _write_metrics(args.out / "metrics.csv", history if complete else [*history, row])
+            write_metrics(args.out / "metrics.csv", history if complete else [*history, row])
             if complete and epoch in args.snapshot_epochs:
                 save_model(
                     model, args.out / f"model_epoch{epoch:03d}.pt", args.arch, epoch, torch.float16
