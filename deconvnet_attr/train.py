@@ -331,12 +331,13 @@ def _train(args: argparse.Namespace, data: Data, env: Distributed) -> Path:
             f"images per process"
         )
     scheduler = _make_scheduler(args, optimizer, steps_per_epoch)
-    where = {"start_epoch": 0, "step": 0, "skip": 0, "partial": None, "metrics": []}
+    where: dict = {"start_epoch": 0, "step": 0, "skip": 0, "partial": None, "metrics": []}
     if args.resume:
         path = args.out / "last.pt"
         ckpt = load_checkpoint(path, env.device)
         where = resume_point(ckpt, path, args, model, optimizer, scheduler, env.world)
-    start_epoch, step, history = where["start_epoch"], where["step"], where["metrics"]
+    start_epoch, step = int(where["start_epoch"]), int(where["step"])
+    history: list[dict] = where["metrics"]
     net = nn.parallel.DistributedDataParallel(model) if env.world > 1 else model
     aug_gen = torch.Generator()
     epoch = start_epoch

@@ -265,8 +265,9 @@ def context_from_args(args: argparse.Namespace, command: str = "") -> ReportCont
         has_labels = args.folder_labels
         dataset = _evenly(folder if has_labels else _WithLabels(folder), args.max_images)
         data_name = f"image folder {args.images}"
-        if folder.skipped:
-            data_name += f" ({len(folder.skipped)} unreadable images skipped)"
+        skipped = getattr(folder, "skipped", [])  # set by data.image_folder
+        if skipped:
+            data_name += f" ({len(skipped)} unreadable images skipped)"
     if args.layers:
         layers = [layer.strip() for layer in args.layers.split(",") if layer.strip()]
     elif args.model is None:
