@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import warnings
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -26,12 +28,14 @@ __all__ = [
     "EVAL_SUBSET_FILE",
     "FASHION_MNIST_CLASSES",
     "fashion_mnist_files",
+    "folder_labels",
     "image_folder",
     "image_folder_transform",
     "load_eval_subset",
     "load_fashion_mnist",
     "make_eval_subset",
     "read_idx",
+    "relabel",
     "upsample_images",
 ]
 
@@ -188,16 +192,23 @@ class UpsampledImages(Dataset):
         return upsample_images(self.images[index : index + 1], self.factor)[0], self.labels[index]
 
 
-def image_folder_transform(input_size: int, in_channels: int, train: bool):
-    """The paper's ImageNet preprocessing, scaled to ``input_size``: images → float ``(C, S, S)``.
+def image_folder_transform(
+    input_size: int, in_channels: int, train: bool, resize: int | None = None
+):
+    """Images → float ``(C, S, S)`` in [0, 1], ``S = input_size``; ``in_channels`` 1 = grayscale,
+    3 = RGB.
 
-    Training: resize the shorter side to ``round(input_size * 256 / 224)``, take a random
-    ``input_size`` crop and a random horizontal flip. Evaluation: the same resize and a centre crop.
-    Images are converted to ``in_channels`` (1 = grayscale, 3 = RGB); values stay in [0, 1].
+    The shorter side is resized to ``resize``, default the paper's ImageNet ratio
+    ``round(input_size * 256 / 224)`` (training and its validation); then training takes a random
+    ``input_size`` crop and a random horizontal flip, evaluation the centre crop.
+    ``resize=input_size`` keeps the whole (square) image: the report's ``--images`` default.
     """
     from torchvision import transforms
 
-    resize = round(input_size * 256 / 224)
+    if resize is None:
+        resize = round(input_size * 256 / 224)
+    if resize < input_size:
+        raise ValueError(f"resize {resize} is smaller than the crop input_size {input_size}")
     steps = [
         transforms.Grayscale(1) if in_channels == 1 else transforms.Lambda(_rgb),
         transforms.Resize(resize),
@@ -213,10 +224,26 @@ def _rgb(image):
     return image.convert("RGB")
 
 
-def image_folder(path: str | os.PathLike, transform=None):
-    """A ``torchvision.datasets.ImageFolder`` over ``path`` (one sub-directory per class).
+def _unreadable(path: str) -> str | None:
+    """Why PIL cannot read the image file ``path`` (header and structure check), else ``None``."""
+    from PIL import Image
 
-    Raises ``FileNotFoundError`` naming ``path`` when it does not exist or holds no images.
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def image_folder(path: str | os.PathLike, transform=None):
+    """A ``torchvision.datasets.ImageFolder`` over ``path`` (one sub-directory per class),
+    without the files PIL cannot read.
+
+    Every file is opened and verified (header and structure, no full decode); unreadable ones
+    are left out with one ``UserWarning`` that counts them and names the first; the dataset's
+    ``skipped`` attribute lists their paths. Raises ``FileNotFoundError`` naming ``path`` when it
+    does not exist or holds no images, ``ValueError`` when none of its images can be read.
     """
     from torchvision.datasets import ImageFolder
 
@@ -224,6 +251,72 @@ def image_folder(path: str | os.PathLike, transform=None):
     if not path.is_dir():
         raise FileNotFoundError(f"image folder not found: {path}")
     try:
-        return ImageFolder(str(path), transform=transform)
+        folder = ImageFolder(str(path), transform=transform)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"image folder {path} holds no images: {err}") from err
+    problems = {p: why for p, _ in folder.samples if (why := _unreadable(p)) is not None}
+    if len(problems) == len(folder.samples):
+        first, why = next(iter(problems.items()))
+        raise ValueError(
+            f"image folder {path}: none of its {len(problems)} images can be read "
+            f"(e.g. {first}: {why})"
+        )
+    if problems:
+        first, why = next(iter(problems.items()))
+        warnings.warn(
+            f"image folder {path}: skipped {len(problems)} unreadable image(s) of "
+            f"{len(folder.samples)} (e.g. {first}: {why})",
+            stacklevel=2,
+        )
+        folder.samples = [s for s in folder.samples if s[0] not in problems]
+        folder.imgs = folder.samples
+        folder.targets = [t for _, t in folder.samples]
+    folder.skipped = list(problems)
+    return folder
+
+
+def _class_key(name: str) -> str:
+    return "".join(ch for ch in name.casefold() if ch.isalnum())
+
+
+def folder_labels(
+    folders: Sequence[str], class_names: Sequence[str] | None, num_classes: int
+) -> list[int]:
+    """The model's class index for each ImageFolder class folder (``folders``, sorted).
+
+    With ``class_names`` (the model's, in its output order): each folder must name one of them;
+    names match ignoring case and everything but letters and digits (``t-shirt_top`` is
+    ``T-shirt/top``), so the folders may be any subset in any order. Without: folders named
+    ``0``, ``1``, ... are those indices; otherwise the sorted folders are classes 0..K-1.
+    Raises ``ValueError`` naming the folders that match no class, or an index / a folder count
+    beyond the model's ``num_classes`` outputs.
+    """
+    if class_names is not None:
+        keys: dict[str, int] = {}
+        for index, name in enumerate(class_names):
+            keys.setdefault(_class_key(name), index)
+        unmatched = [f for f in folders if _class_key(f) not in keys]
+        if unmatched:
+            raise ValueError(
+                f"class folders {unmatched} name none of the model's classes "
+                f"{list(class_names)} (folders must be named after them)"
+            )
+        return [keys[_class_key(f)] for f in folders]
+    if all(f.isdigit() for f in folders):
+        labels = [int(f) for f in folders]
+    else:
+        labels = list(range(len(folders)))
+    if max(labels) >= num_classes:
+        raise ValueError(
+            f"class folders {list(folders)} need class index {max(labels)}, "
+            f"but the model has {num_classes} outputs"
+        )
+    return labels
+
+
+def relabel(folder, labels: Sequence[int]) -> None:
+    """Give the images of class folder ``i`` of an ImageFolder the label ``labels[i]``."""
+    folder.samples = [(p, labels[t]) for p, t in folder.samples]
+    folder.imgs = folder.samples
+    folder.targets = [t for _, t in folder.samples]
+    folder.class_to_idx = {name: labels[i] for i, name in enumerate(folder.classes)}

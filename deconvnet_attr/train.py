@@ -4,7 +4,8 @@ Single process, or many through ``torchrun`` (DistributedDataParallel; gloo on C
 DistributedSampler; rank 0 alone writes checkpoints, the metrics CSV and the progress bar).
 
 Per epoch, rank 0 writes into ``--out``: ``last.pt`` (full checkpoint: model, optimiser, scheduler,
-counters; ``--resume`` continues from it), a row of ``metrics.csv``; at the ``--snapshot-epochs``
+counters, the position in the epoch, the metrics rows; ``--resume`` continues from it exactly, also
+mid-epoch), then ``metrics.csv``, rewritten from the checkpoint's rows; at ``--snapshot-epochs``
 a model file ``model_epochNNN.pt`` (fp16) for the feature-evolution figure; at the end
 ``model_final.pt`` (fp32). Model files load with :func:`deconvnet_attr.models.load_model`.
 
@@ -17,7 +18,6 @@ runs after every step for both.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import sys
@@ -29,10 +29,20 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from .checkpoint import (
+    EpochSampler,
+    Keyed,
+    load_checkpoint,
+    resume_point,
+    save_checkpoint,
+    seed_of,
+    write_metrics,
+)
+from .cli import USER_ERRORS, one_line_warnings, user_error, writable_dir
 from .clipping import feature_scale_clip
 from .data import (
     FASHION_MNIST_CLASSES,
@@ -42,8 +52,8 @@ from .data import (
     load_fashion_mnist,
 )
 from .models.factory import create_model
-from .models.reference import ARCH_CONFIGS, ARCHS, model_record, save_model
-from .models.zfnet import REMOVABLE_LAYERS, ZFNet
+from .models.reference import ARCH_CONFIGS, ARCHS, save_model
+from .models.zfnet import REMOVABLE_LAYERS
 
 __all__ = ["main", "parse_args", "translate_flip"]
 
@@ -69,17 +79,6 @@ ARCH_DEFAULTS = {
 # The Fig. 6 stems (docs/fig6.md) train on Fashion-MNIST upsampled 4x with the fashion recipe.
 for _arch in ("fig6-alexnet-stem", "fig6-zfnet-stem"):
     ARCH_DEFAULTS[_arch] = ARCH_DEFAULTS["zfnet-fashion"] | {"epochs": 1, "snapshot_epochs": ""}
-METRIC_FIELDS = (
-    "epoch",
-    "step",
-    "lr",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "epoch_seconds",
-    "clipped_filters",
-)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -151,6 +150,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (ImageFolder)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = p.parse_args(argv)
 
     if args.arch not in ARCHS:
@@ -293,38 +293,6 @@ def evaluate(
     return loss_sum / len(data), correct / len(data)
 
 
-def _save_checkpoint(
-    path: Path,
-    model: ZFNet,
-    args,
-    epoch: int,
-    step: int,
-    optimizer,
-    scheduler,
-    epoch_complete: bool,
-) -> None:
-    record = model_record(model, args.arch, epoch)
-    record.update(
-        step=step,
-        epoch_complete=epoch_complete,
-        optimizer=optimizer.state_dict(),
-        scheduler=scheduler.state_dict(),
-        args=vars(args) | {"out": str(args.out)},
-    )
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(record, tmp)
-    os.replace(tmp, path)
-
-
-def _append_metrics(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
 def _make_scheduler(args, optimizer, steps_per_epoch: int):
     if args.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -352,6 +320,7 @@ def train(args: argparse.Namespace) -> Path:
     data = load_data(args)  # before any process group or model: bad data fails fast
     if args.resume and not (args.out / "last.pt").is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {args.out / 'last.pt'}")
+    writable_dir(args.out)
     env = Distributed()
     try:
         return _train(args, data, env)
@@ -368,7 +337,7 @@ def _train(args: argparse.Namespace, data: Data, env: Distributed) -> Path:
         model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
     )
     if env.world > 1:
-        sampler = DistributedSampler(
+        base: Sampler = DistributedSampler(
             data.train,
             num_replicas=env.world,
             rank=env.rank,
@@ -377,62 +346,65 @@ def _train(args: argparse.Namespace, data: Data, env: Distributed) -> Path:
             drop_last=True,
         )
     else:
-        sampler = torch.utils.data.RandomSampler(
-            data.train, generator=torch.Generator().manual_seed(args.seed)
-        )
+        base = torch.utils.data.RandomSampler(data.train, generator=torch.Generator())
+    sampler = EpochSampler(base, args.seed, args.batch_size)
     loader = DataLoader(
-        data.train,
+        Keyed(data.train, args.seed, env.rank, reseed=not data.tensor_augment),
         batch_size=args.batch_size,
         sampler=sampler,
         drop_last=True,
         num_workers=args.workers,
         persistent_workers=args.workers > 0,
     )
-    if len(loader) == 0:
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
         raise ValueError(
             f"--batch-size {args.batch_size} exceeds the {len(data.train)} training "
             f"images per process"
         )
-    scheduler = _make_scheduler(args, optimizer, len(loader))
-    start_epoch, step = 0, 0
+    scheduler = _make_scheduler(args, optimizer, steps_per_epoch)
+    where: dict = {"start_epoch": 0, "step": 0, "skip": 0, "partial": None, "metrics": []}
     if args.resume:
-        ckpt = torch.load(args.out / "last.pt", map_location=env.device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        start_epoch = ckpt["epoch"] if ckpt["epoch_complete"] else ckpt["epoch"] - 1
-        step = ckpt["step"]
+        path = args.out / "last.pt"
+        ckpt = load_checkpoint(path, env.device)
+        where = resume_point(ckpt, path, args, model, optimizer, scheduler, env.world)
+    start_epoch, step = int(where["start_epoch"]), int(where["step"])
+    history: list[dict] = where["metrics"]
     net = nn.parallel.DistributedDataParallel(model) if env.world > 1 else model
     aug_gen = torch.Generator()
-    if env.main:
-        args.out.mkdir(parents=True, exist_ok=True)
     epoch = start_epoch
     for epoch in range(start_epoch + 1, args.epochs + 1):
         if args.max_steps is not None and step >= args.max_steps:
             break
-        # Every random stream is re-seeded from (seed, epoch, rank), so a resumed run repeats
-        # exactly the epochs an uninterrupted run would have done.
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)
-        else:
-            sampler.generator.manual_seed(args.seed + epoch)
-        epoch_seed = (args.seed * 1009 + epoch) * 1013 + env.rank
-        torch.manual_seed(epoch_seed)  # dropout
-        aug_gen.manual_seed(epoch_seed)
+        resumed = epoch == start_epoch + 1 and where["skip"] > 0
+        done = where["skip"] if resumed else 0
+        # Rank 0 carries the stopped epoch's sums (all ranks' totals); the others start at 0.
+        partial = where["partial"] if resumed and env.main else {}
+        loss_sum, correct = partial.get("loss_sum", 0.0), partial.get("correct", 0.0)
+        seen, clipped = partial.get("seen", 0), partial.get("clipped", 0)
+        started = time.time() - partial.get("seconds", 0.0)
+        sampler.start(epoch, done)
+        batches = iter(loader)
         net.train()
-        started, loss_sum, correct, seen, clipped = time.time(), 0.0, 0.0, 0, 0
         bar = tqdm(
-            loader,
+            total=steps_per_epoch,
+            initial=done,
             desc=f"epoch {epoch}/{args.epochs}",
             leave=False,
             disable=not env.main or args.no_progress,
             mininterval=0.5 if sys.stderr.isatty() else 30,
         )
         complete = True
-        for x, y in bar:
+        for batch in range(done, steps_per_epoch):
             if args.max_steps is not None and step >= args.max_steps:
                 complete = False
                 break
+            x, y = next(batches)
+            # Dropout and augmentation are seeded per (seed, epoch, batch, rank): a run resumed
+            # at any batch draws what an uninterrupted run draws there.
+            batch_seed = seed_of(args.seed, epoch, batch, env.rank)
+            torch.manual_seed(batch_seed)
+            aug_gen.manual_seed(batch_seed)
             if data.tensor_augment:
                 x = translate_flip(x, aug_gen, args.shift)
             x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
@@ -446,20 +418,23 @@ def _train(args: argparse.Namespace, data: Data, env: Distributed) -> Path:
             if args.schedule == "cosine":
                 scheduler.step()
             step += 1
+            done += 1
             loss_sum += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
+            bar.update()
             bar.set_postfix(
                 loss=f"{loss.item():.3f}",
                 lr=f"{optimizer.param_groups[0]['lr']:.2e}",
                 refresh=False,
             )
         bar.close()
-        loss_sum, correct, seen = env.sum(loss_sum, correct, seen)
+        del batches
+        loss_sum, correct, seen = env.sum(loss_sum, correct, seen)  # clipped: rank 0's
         val_loss, val_acc = (
             evaluate(model, data.val, env, 2 * args.batch_size, args.workers)
             if data.val is not None
-            else (math.nan, math.nan)
+            else ("", "")  # no validation split: empty in metrics.csv, left out of the log line
         )
         if args.schedule == "plateau" and complete:
             scheduler.step(val_acc if data.val is not None else -loss_sum / max(seen, 1))
@@ -472,20 +447,45 @@ def _train(args: argparse.Namespace, data: Data, env: Distributed) -> Path:
             "val_loss": val_loss,
             "val_acc": val_acc,
             "epoch_seconds": round(time.time() - started, 1),
-            "clipped_filters": clipped,
+            "clipped_filters": int(clipped),
         }
         if env.main:
-            _append_metrics(args.out / "metrics.csv", row)
-            _save_checkpoint(
-                args.out / "last.pt", model, args, epoch, step, optimizer, scheduler, complete
+            # The checkpoint first, holding the rows of its completed epochs; metrics.csv is then
+            # rewritten from them (+ this epoch's row so far): it never shows work last.pt lacks.
+            if complete:
+                history.append(row)
+            save_checkpoint(
+                args.out / "last.pt",
+                model,
+                args,
+                epoch,
+                step=step,
+                epoch_complete=complete,
+                batches_done=done,
+                partial=None
+                if complete
+                else {
+                    "loss_sum": loss_sum,
+                    "correct": correct,
+                    "seen": seen,
+                    "clipped": clipped,
+                    "seconds": time.time() - started,
+                },
+                metrics=history,
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                world=env.world,
             )
+            write_metrics(args.out / "metrics.csv", history if complete else [*history, row])
             if complete and epoch in args.snapshot_epochs:
                 save_model(
                     model, args.out / f"model_epoch{epoch:03d}.pt", args.arch, epoch, torch.float16
                 )
             print(
                 " ".join(
-                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in row.items()
+                    if v != ""
                 ),
                 flush=True,
             )
@@ -496,13 +496,16 @@ def _train(args: argparse.Namespace, data: Data, env: Distributed) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (0 on success)."""
+    """Command-line entry point; returns the exit status (0 on success, 2 on a user error: one
+    line ``error: ...`` on stderr, the traceback with ``--debug``)."""
     args = parse_args(argv)
     try:
-        final = train(args)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        with one_line_warnings():
+            final = train(args)
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
+        return user_error(err)
     print(f"wrote {final}")
     return 0
 

@@ -138,3 +138,16 @@ def test_image_folder_errors(tmp_path):
     (tmp_path / "empty" / "cls").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="holds no images"):
         image_folder(tmp_path / "empty")
+
+
+def test_folder_labels_by_name_by_number_or_sorted():
+    from deconvnet_attr.data import folder_labels
+
+    names = ("T-shirt/top", "Trouser", "Ankle boot")
+    assert folder_labels(["ankle_boot", "t-shirt_top"], names, 3) == [2, 0]
+    assert folder_labels(["10", "2"], None, 11) == [10, 2]  # not the sorted positions 0, 1
+    assert folder_labels(["cat", "dog"], None, 5) == [0, 1]
+    with pytest.raises(ValueError, match="'hat'"):
+        folder_labels(["hat", "Trouser"], names, 3)
+    with pytest.raises(ValueError, match="3 outputs"):
+        folder_labels(["a", "b", "c", "d"], None, 3)

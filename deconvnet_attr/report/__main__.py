@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli import main
+from deconvnet_attr.cli import run
 
-sys.exit(main())
+sys.exit(run("report", sys.argv[1:]))

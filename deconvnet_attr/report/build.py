@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import html
 import time
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from deconvnet_attr.cli import one_line
 from deconvnet_attr.mining import TopActivations, top_activations_by_layer
 
 from .context import Mined, ReportContext, Section, SectionBuilder
 from .html import render_page
 from .sections import SECTIONS
 
-__all__ = ["build_report", "mine_layers"]
+__all__ = ["ReportResult", "build_report", "mine_layers", "write_report"]
 
 
 def mine_layers(ctx: ReportContext) -> dict[str, TopActivations]:
@@ -31,14 +34,40 @@ def mine_layers(ctx: ReportContext) -> dict[str, TopActivations]:
     )
 
 
-def build_report(
-    ctx: ReportContext, sections: Sequence[SectionBuilder] = SECTIONS, mined: Mined | None = None
-) -> Path:
-    """Run every section builder and write ``ctx.out/index.html``; returns its path.
+@dataclass
+class ReportResult:
+    """What :func:`write_report` wrote: the page, and ``{section: one-line error}`` for each
+    section whose builder raised (shown on the page in its place)."""
+
+    index: Path
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def _title(builder: SectionBuilder) -> str:
+    return builder.__name__.removesuffix("_section").replace("_", " ")
+
+
+def _failed_section(builder: SectionBuilder, error: Exception) -> Section:
+    message = html.escape(f"{type(error).__name__}: {one_line(error, limit=2000)}")
+    return Section(
+        f"{_title(builder)} (failed)",
+        f'<p class="error">This section failed: <code>{message}</code></p>',
+    )
+
+
+def write_report(
+    ctx: ReportContext,
+    sections: Sequence[SectionBuilder] = SECTIONS,
+    mined: Mined | None = None,
+    raise_errors: bool = False,
+) -> ReportResult:
+    """Run every section builder and write ``ctx.out/index.html``.
 
     The analysed layers are mined first (``mined``, default :func:`mine_layers`), and the same
     result goes to every builder, so what a section shows does not depend on which other
-    sections run.
+    sections run. A builder that raises (an ``Exception``) does not lose the others: its place on
+    the page shows the error, and :attr:`ReportResult.failed` names it — unless
+    ``raise_errors``, which re-raises it at once.
     """
     ctx.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -46,11 +75,18 @@ def build_report(
         mined = mine_layers(ctx)
     mining = time.perf_counter() - start
     built: list[tuple[Section, float]] = []
+    failed: dict[str, str] = {}
     bar = tqdm(sections, desc="report", unit="section", disable=not ctx.progress)
     for builder in bar:
         bar.set_postfix_str(builder.__name__.removesuffix("_section"))
         t0 = time.perf_counter()
-        section = builder(ctx, mined)
+        try:
+            section = builder(ctx, mined)
+        except Exception as error:
+            if raise_errors:
+                raise
+            section = _failed_section(builder, error)
+            failed[_title(builder)] = f"{type(error).__name__}: {one_line(error)}"
         if section is not None:
             built.append((section, time.perf_counter() - t0))
     total = time.perf_counter() - start
@@ -62,4 +98,15 @@ def build_report(
     index.write_text(
         render_page(f"deconvnet-attr report: {ctx.model_name}", built, footer), encoding="utf-8"
     )
-    return index
+    return ReportResult(index, failed)
+
+
+def build_report(
+    ctx: ReportContext, sections: Sequence[SectionBuilder] = SECTIONS, mined: Mined | None = None
+) -> Path:
+    """:func:`write_report`, returning the page's path; each failed section (shown on the page)
+    also gives a ``RuntimeWarning`` naming it and its error."""
+    result = write_report(ctx, sections, mined)
+    for title, error in result.failed.items():
+        warnings.warn(f"report section {title!r} failed: {error}", RuntimeWarning, stacklevel=2)
+    return result.index

@@ -17,9 +17,10 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from deconvnet_attr import data as data_module
 from deconvnet_attr import models
 from deconvnet_attr.analysis.correspondence import FASHION_MNIST_PARTS
+from deconvnet_attr.cli import one_line_warnings, writable_dir
 from deconvnet_attr.taps import resolve_layers
 
-from .build import build_report
+from .build import write_report
 from .context import ReportContext
 
 __all__ = ["context_from_args", "load_weights", "main", "parse_args", "with_input_normalization"]
@@ -45,9 +46,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--folder-labels",
         action="store_true",
-        help="the ImageFolder's sorted class folders are the model's classes 0..K-1",
+        help="the ImageFolder's class folders are the model's classes: named after the model's "
+        "class names when it has them (any order), else 0..K-1 (folders named 0, 1, ...) or the "
+        "sorted folders",
     )
     p.add_argument("--input-size", type=int, default=224, help="image side for --images")
+    p.add_argument(
+        "--resize",
+        type=int,
+        help="--images: shorter side resized to this before the centre --input-size crop "
+        "(default: --input-size, the whole image; 256 with --input-size 224 is ImageNet's)",
+    )
     p.add_argument("--mean", help="comma-separated per-channel mean the model expects")
     p.add_argument("--std", help="comma-separated per-channel std the model expects")
     p.add_argument(
@@ -80,14 +89,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "2 checkpoints, fewer images and steps in the other analyses",
     )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     args = p.parse_args(argv)
     if args.batch_size is None:
         args.batch_size = 32 if args.images else 256
+    for name in ("max_images", "k", "channels", "batch_size", "input_size", "resize"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.resize is not None and args.resize < args.input_size:
+        p.error(f"--resize {args.resize} is smaller than --input-size {args.input_size}")
     if args.quick:
-        args.max_images, args.channels, args.k = min(args.max_images, 64), 4, 4
-    for name in ("max_images", "k", "channels", "batch_size"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+        args.max_images, args.channels = min(args.max_images, 64), min(args.channels, 4)
+        args.k = min(args.k, 4)
     return args
 
 
@@ -102,14 +116,20 @@ def load_weights(model: nn.Module, path: Path) -> None:
     """Load a state dict, or the ``model``/``state_dict`` entry of a checkpoint dict, strictly."""
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and runtime errors for a damaged or foreign file
+        raise ValueError(f"cannot read weights file {path}: {err}") from err
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"weights file {path} does not fit the model: {err}") from err
 
 
 def with_input_normalization(
@@ -162,6 +182,31 @@ class _WithLabels(Dataset):
         return self.dataset[index][0], -1
 
 
+def _image_folder(
+    args: argparse.Namespace, model: nn.Module, class_names: Sequence[str] | None
+) -> tuple[Dataset, tuple[str, ...] | None]:
+    """The ``--images`` ImageFolder (resized to ``--resize``, centre-cropped to
+    ``--input-size``) and the class names; with ``--folder-labels`` its labels are the model's
+    class indices (:func:`~deconvnet_attr.data.folder_labels`)."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    in_channels = convs[0].in_channels if convs else 3
+    transform = data_module.image_folder_transform(
+        args.input_size, in_channels, train=False, resize=args.resize or args.input_size
+    )
+    folder = data_module.image_folder(args.images, transform=transform)
+    if not args.folder_labels:
+        return folder, None if class_names is None else tuple(class_names)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        outputs = model(folder[0][0][None].to(device)).shape[-1]
+    labels = data_module.folder_labels(folder.classes, class_names, outputs)
+    data_module.relabel(folder, labels)
+    if class_names is None:
+        names = {label: name for label, name in zip(labels, folder.classes, strict=True)}
+        class_names = [names.get(i, f"class {i}") for i in range(outputs)]
+    return folder, tuple(class_names)
+
+
 def context_from_args(args: argparse.Namespace, command: str = "") -> ReportContext:
     """Load the model, images and checkpoints named by the command-line arguments."""
     if bool(args.mean) != bool(args.std):
@@ -176,7 +221,12 @@ def context_from_args(args: argparse.Namespace, command: str = "") -> ReportCont
 
     def load(weights: Path | None) -> nn.Module:
         if args.model is None and weights is not None:  # a deconvnet-attr model file
-            return models.create_model(weights)
+            if not weights.is_file():
+                raise FileNotFoundError(f"model file not found: {weights}")
+            try:
+                return models.create_model(weights)
+            except Exception as err:  # a damaged file: pickle, zip, key or runtime errors
+                raise ValueError(f"cannot load model file {weights}: {err}") from err
         net = models.create_model(args.model, args.num_classes)
         if weights is not None:
             load_weights(net, weights)
@@ -211,14 +261,13 @@ def context_from_args(args: argparse.Namespace, command: str = "") -> ReportCont
         class_names = class_names or data_module.FASHION_MNIST_CLASSES
         parts = FASHION_MNIST_PARTS
     else:
-        in_channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
-        transform = data_module.image_folder_transform(args.input_size, in_channels, train=False)
-        folder = data_module.image_folder(args.images, transform=transform)
+        folder, class_names = _image_folder(args, model, class_names)
         has_labels = args.folder_labels
         dataset = _evenly(folder if has_labels else _WithLabels(folder), args.max_images)
         data_name = f"image folder {args.images}"
-        if has_labels and class_names is None:
-            class_names = tuple(folder.classes)
+        skipped = getattr(folder, "skipped", [])  # set by data.image_folder
+        if skipped:
+            data_name += f" ({len(skipped)} unreadable images skipped)"
     if args.layers:
         layers = [layer.strip() for layer in args.layers.split(",") if layer.strip()]
     elif args.model is None:
@@ -252,14 +301,25 @@ def context_from_args(args: argparse.Namespace, command: str = "") -> ReportCont
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``deconvnet-attr report``; returns the exit status."""
+    """Entry point of ``deconvnet-attr report``; returns the exit status.
+
+    0: the whole report was written. 1: the page was written, but some sections failed (each
+    shows its error on the page and gets an ``error: section ...`` line on stderr; ``--debug``
+    raises the first instead). A user error (bad argument, path or file: ``OSError``,
+    ``ValueError``, ``TypeError``) raises before the page is written; the ``deconvnet-attr``
+    command (:func:`deconvnet_attr.cli.run`) turns it into one line ``error: ...`` and status 2.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     matplotlib.use("Agg")
     start = time.perf_counter()
-    ctx = context_from_args(args, command="deconvnet-attr report " + " ".join(argv))
-    index = build_report(ctx)
-    print(f"report written to {index} in {time.perf_counter() - start:.1f} s")
-    return 0
+    with one_line_warnings():
+        writable_dir(args.out)
+        ctx = context_from_args(args, command="deconvnet-attr report " + " ".join(argv))
+        result = write_report(ctx, raise_errors=args.debug)
+    for title, error in result.failed.items():
+        print(f"error: section {title!r} failed: {error}", file=sys.stderr)
+    print(f"report written to {result.index} in {time.perf_counter() - start:.1f} s")
+    return 1 if result.failed else 0

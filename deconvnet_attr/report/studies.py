@@ -167,6 +167,14 @@ def correspondence_section(ctx: ReportContext, mined: Mined) -> Section | None:
     return Section(title, body + (paragraph(note) if note else ""))
 
 
+def _topk(ctx: ReportContext) -> tuple[int, ...]:
+    """Top-1 and top-5 accuracy, or top-1 alone for a model with fewer than 5 classes."""
+    device = next(ctx.model.parameters()).device
+    with torch.no_grad():
+        classes = ctx.model(ctx.images(1)[0].to(device)).shape[-1]
+    return tuple(k for k in (1, 5) if k <= classes)
+
+
 def ablation_section(ctx: ReportContext, mined: Mined) -> Section | None:
     """Accuracy with layers' outputs replaced by their data-set mean (the paper's Table 3 groups
     for a ZFNet, else each analysed layer alone)."""
@@ -180,11 +188,13 @@ def ablation_section(ctx: ReportContext, mined: Mined) -> Section | None:
         names = {layer: [layer] for layer in ctx.layers}
         which = "each analysed layer"
     groups = {name: [resolve_layer(model, n)[1] for n in group] for name, group in names.items()}
+    topk = _topk(ctx)
     table = ablation_study(
         model,
         ctx.loader(),
         groups,
         baselines="mean",
+        topk=topk,
         batch_size=ctx.batch_size,
         show_progress=ctx.progress,
     )
@@ -197,10 +207,12 @@ def ablation_section(ctx: ReportContext, mined: Mined) -> Section | None:
         "(deconvnet_attr.ablation.accuracy_table, docs/ablation.md)."
     )
     figure = ctx.save(fig, "ablation.png", "accuracy with each layer mean-ablated")
-    return Section("Layer ablation", intro + record_table(table) + figure + _removal_table(ctx))
+    return Section(
+        "Layer ablation", intro + record_table(table) + figure + _removal_table(ctx, topk)
+    )
 
 
-def _removal_table(ctx: ReportContext) -> str:
+def _removal_table(ctx: ReportContext, topk: tuple[int, ...]) -> str:
     """Accuracy with each analysed layer removed (passes its input through), for the layers whose
     input and output shapes match; empty when none does."""
     taps = Taps(ctx.model, ctx.layers, record_inputs=True)
@@ -219,6 +231,7 @@ def _removal_table(ctx: ReportContext) -> str:
         ctx.loader(),
         groups,
         baselines="identity",
+        topk=topk,
         batch_size=ctx.batch_size,
         show_progress=ctx.progress,
     )
