@@ -179,8 +179,9 @@ class DeconvProjection(GradientAttribution):
         if self.layer is None and not (isinstance(neuron, str) and neuron == "max"):
             raise ValueError("neuron selects units of a layer: give DeconvProjection a layer")
         leaves = tuple(x.detach().requires_grad_() for x in inputs_tuple)
-        fed = tuple(leaf.clone() for leaf in leaves)  # in-place ops of the model write the copy
         with _deconvnet(self.model, whole_forward=self.layer is None, rule=self.rule):
+            # the model runs on copies (made with grad enabled): in-place first ops write those
+            fed = tuple(leaf.clone() for leaf in leaves)
             if self.layer is None:
                 output = _run_forward(self.forward_func, fed, None, additional_forward_args)
                 index = _output_indices(target, output.shape).to(output.device)

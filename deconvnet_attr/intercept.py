@@ -220,11 +220,12 @@ def _composites_ruled(
     The pre-hook hands the composite a detached input (nothing inside is ruled, no graph is
     built); the forward hook returns the output as one :class:`_RuledModule` of the real input.
     """
-    kinds = {
-        id(m): op_kind(m)
+    composites = [
+        m
         for m in (model.modules() if model is not None else ())
         if op_kind(m) in (OpKind.COMPOSITE_ACTIVATION, OpKind.COMPOSITE_GATE)
-    }
+    ]
+    kinds = {id(m): op_kind(m) for m in composites}
     if not kinds:
         yield
         return
@@ -260,8 +261,7 @@ def _composites_ruled(
         recompute = _module_recompute(module, args[1:], counter)
         return _RuledModule.apply(x, output, saved, recompute, rule)
 
-    modules = [m for m in model.modules() if id(m) in kinds]
-    with forward_hooks(modules, hook, pre_hook):
+    with forward_hooks(composites, hook, pre_hook):
         yield
 
 

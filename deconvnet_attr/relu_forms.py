@@ -89,9 +89,7 @@ def _clamp(func: Callable, args: tuple, kwargs: dict) -> Form | None:
     low, high = _arg(args, kwargs, 1, "min"), _arg(args, kwargs, 2, "max")
     if x is None or not _is_zero(low):
         return None
-    if high is not None and not (
-        isinstance(high, Real) and not isinstance(high, bool) and high > 0
-    ):
+    if high is not None and not (isinstance(high, int | float) and high > 0):
         return None
     return (x, func, *_rest(args, kwargs))
 
@@ -156,7 +154,7 @@ def _tensor_where(func: Callable, args: tuple, kwargs: dict) -> Form | None:
 
 _RECOGNISERS: dict[Any, Callable[[Callable, tuple, dict], Form | None]] = {
     **dict.fromkeys(
-        [F.threshold, F.threshold_, torch.threshold, torch.threshold_]
+        [F.threshold, vars(F)["threshold_"], torch.threshold, torch.threshold_]
         + _aten("threshold", "threshold_"),
         _threshold,
     ),

@@ -251,6 +251,21 @@ def test_inplace_relu_first_succeeds_like_captum_and_leaves_inputs_alone():
     assert torch.equal(x, before)
 
 
+def test_called_under_no_grad_like_noise_tunnel_gives_the_same_projection():
+    """Captum's NoiseTunnel calls attribute under torch.no_grad(): the copies the model runs on
+    must still be connected to the gradient leaves."""
+    model = FormNet(nn.ReLU(inplace=True)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    for dp, kwargs in ((DeconvProjection(model), {"target": 1}),
+                       (DeconvProjection(model, layer="conv2"), {"neuron": "all"})):  # fmt: skip
+        want = dp.attribute(x, **kwargs)
+        with torch.no_grad():
+            torch.testing.assert_close(dp.attribute(x, **kwargs), want)
+        with torch.no_grad():
+            torch.testing.assert_close(Deconvolution(model).attribute(x, target=1),
+                                       Deconvolution(model).attribute(x, target=1))  # fmt: skip
+
+
 # ---------------------------------------------------------------- 9 targets
 
 BAD_TARGETS = ["3", 2.7, torch.tensor([1.5, 2.5]), True, torch.tensor([True, False]), [1, 2.5]]
