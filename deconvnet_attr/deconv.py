@@ -10,9 +10,9 @@ signal (relu*). Which activations are ruled, and how, lives in :mod:`deconvnet_a
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from captum.attr import GradientAttribution, NeuronAttribution
@@ -31,12 +31,12 @@ from deconvnet_attr.captum_compat import (
     construct_neuron_grad_fn,
     undo_gradient_requirements,
 )
+from deconvnet_attr.checks import check_batch, check_finite, check_grad_enabled, check_target
 from deconvnet_attr.intercept import apply_rule
 from deconvnet_attr.rules import DECONVNET, Rule
+from deconvnet_attr.seeds import NeuronSpec, _channels, _layer_seed, _output_indices
 from deconvnet_attr.state import preserved_state
 from deconvnet_attr.taps import LayerSpec, Taps, display_name, resolve_layer
-
-NeuronSpec = Literal["max", "all"] | Tensor
 
 
 @contextmanager
@@ -45,21 +45,37 @@ def _deconvnet(
 ) -> Iterator[None]:
     """The model's forward under ``rule``, its state preserved, gradients enabled.
 
-    Warns when a whole forward pass met no activation function (the result is then the plain
-    gradient); a forward stopped at a layer may legitimately have met none yet (``conv1``).
+    Warns (UserWarning) when the rule may have missed activations:
+
+    * the forward met a rectifying call or module the rule cannot reach (``threshold`` with a
+      non-zero threshold or value, a TorchScript module), named in the message;
+    * a whole forward pass ruled no activation (the result is then the plain gradient);
+    * a forward stopped at a layer ruled no activation although it ran two or more convolution /
+      linear ops on the way (a stack of linear maps with nothing between them is what an
+      activation the rule cannot see looks like). A layer reached through at most one of them
+      (``conv1``, its batch norm or pooling) legitimately has no activation below it.
     """
     with preserved_state(model), torch.enable_grad(), apply_rule(rule, model) as seen:
         yield
-    if whole_forward and seen.count == 0:
+    if seen.unruled:
         warnings.warn(
-            f"No activation function was found in the forward pass: the {rule.name} projection "
-            "is the plain gradient.",
+            f"The forward pass met {', '.join(seen.unruled)}, out of reach of the {rule.name} "
+            "rule: true gradients are kept there.",
+            UserWarning,
+            stacklevel=3,
+        )
+    if seen.count == 0 and (whole_forward or seen.weighted >= 2):
+        where = "" if whole_forward else f" up to the layer ({seen.weighted} conv / linear ops)"
+        warnings.warn(
+            f"No activation function was found in the forward pass{where}: the {rule.name} "
+            "projection is the plain gradient.",
             UserWarning,
             stacklevel=3,
         )
 
 
 def _check_inputs(inputs: tuple[Tensor, ...]) -> None:
+    check_grad_enabled(inputs)
     for index, x in enumerate(inputs):
         if not isinstance(x, Tensor):
             raise TypeError(f"inputs[{index}] is a {type(x).__name__}, expected a torch.Tensor")
@@ -72,111 +88,8 @@ def _check_inputs(inputs: tuple[Tensor, ...]) -> None:
                 f"inputs[{index}] has shape {tuple(x.shape)}; every input needs the same batch "
                 f"size in dim 0 ({inputs[0].shape[0]})"
             )
-
-
-def _output_indices(target: TargetType, shape: torch.Size) -> Tensor:
-    """Captum's ``target`` as an ``(N, len(shape) - 1)`` index tensor into an output of ``shape``.
-
-    Raises ValueError naming the offending value when a target does not fit the output.
-    """
-    n, per_example = shape[0], tuple(shape[1:])
-    if target is None:
-        if any(size != 1 for size in per_example):
-            raise ValueError(
-                f"target=None, but the model output has shape {tuple(shape)}: more than one "
-                "value per example. Pass a target index."
-            )
-        return torch.zeros(n, len(per_example), dtype=torch.long)
-    if isinstance(target, Tensor):
-        if target.numel() == 1:
-            target = int(target.item())
-        elif target.dim() == 1:
-            target = target.tolist()
-        else:
-            raise ValueError(f"target tensor has shape {tuple(target.shape)}; expected (N,)")
-    if isinstance(target, list):
-        if len(target) != n:
-            raise ValueError(f"target has {len(target)} entries for {n} examples")
-        rows = [t if isinstance(t, tuple) else (t,) for t in target]
-    else:
-        rows = [target if isinstance(target, tuple) else (target,)] * n
-    for row in rows:
-        if len(row) != len(per_example):
-            raise ValueError(
-                f"target {row if len(row) > 1 else row[0]} does not index the per-example "
-                f"output shape {per_example}"
-            )
-        for index, size in zip(row, per_example, strict=True):
-            if not -size <= int(index) < size:
-                raise ValueError(
-                    f"target {row if len(row) > 1 else row[0]} is out of range for the "
-                    f"per-example output shape {per_example}"
-                )
-    return torch.tensor([[int(i) for i in row] for row in rows], dtype=torch.long).reshape(
-        n, len(per_example)
-    )
-
-
-def _channels(target: int | Sequence[int] | Tensor | None, act: Tensor) -> Tensor:
-    """Per-example channel of the layer output ``act`` (N, C, ...): ``None`` picks the channel
-    holding the example's strongest activation (the paper's choice)."""
-    n, c = act.shape[:2]
-    if target is None:
-        return act.detach().flatten(2).amax(2).argmax(1) if act.dim() > 2 else act.argmax(1)
-    channels = torch.as_tensor(target, dtype=torch.long).flatten().to(act.device)
-    if channels.numel() == 1:
-        channels = channels.expand(n)
-    if channels.numel() != n:
-        raise ValueError(f"target has {channels.numel()} channels for {n} examples")
-    bad = channels[(channels < 0) | (channels >= c)]
-    if bad.numel():
-        raise ValueError(
-            f"target channel {int(bad[0])} is out of range for a layer with {c} channels"
-        )
-    return channels
-
-
-def _layer_seed(act: Tensor, channels: Tensor, neuron: NeuronSpec) -> Tensor:
-    """The gradient seed at the layer: every activation zero except the chosen one(s) of each
-    example's channel, which keep their own value."""
-    n = act.shape[0]
-    rows = torch.arange(n, device=act.device)
-    maps = act.detach()[rows, channels]  # (N, *spatial)
-    seed = torch.zeros_like(act)
-    if isinstance(neuron, str) and neuron == "all":
-        seed[rows, channels] = maps
-        return seed
-    if isinstance(neuron, str) and neuron == "max":
-        flat = maps.reshape(n, -1).argmax(1)
-        spatial = (
-            torch.stack(torch.unravel_index(flat, maps.shape[1:]), 1)
-            if maps.dim() > 1
-            else (torch.zeros(n, 0, dtype=torch.long, device=act.device))
-        )
-    elif isinstance(neuron, Tensor):
-        spatial = _check_locations(neuron, act)
-    else:
-        raise ValueError(f"neuron={neuron!r}: expected 'max', 'all' or an (N, k) index tensor")
-    index = (rows, channels, *spatial.unbind(1))
-    seed[index] = act.detach()[index]
-    return seed
-
-
-def _check_locations(neuron: Tensor, act: Tensor) -> Tensor:
-    spatial_shape = tuple(act.shape[2:])
-    expected = (act.shape[0], len(spatial_shape))
-    if neuron.dtype.is_floating_point or tuple(neuron.shape) != expected or not spatial_shape:
-        raise ValueError(
-            f"neuron tensor of shape {tuple(neuron.shape)} and dtype {neuron.dtype}: expected an "
-            f"integer tensor of shape {expected}, one location in the {spatial_shape} map per "
-            "example"
-        )
-    neuron = neuron.to(act.device, torch.long)
-    for dim, size in enumerate(spatial_shape):
-        bad = neuron[:, dim][(neuron[:, dim] < 0) | (neuron[:, dim] >= size)]
-        if bad.numel():
-            raise ValueError(f"neuron index {int(bad[0])} is out of range for map size {size}")
-    return neuron
+    check_batch(inputs)
+    check_finite(inputs)
 
 
 class DeconvProjection(GradientAttribution):
@@ -197,6 +110,19 @@ class DeconvProjection(GradientAttribution):
         rule: the backward rule of every activation (:mod:`deconvnet_attr.rules`): the paper's
             :data:`~deconvnet_attr.rules.DECONVNET` (default), or any
             :class:`~deconvnet_attr.rules.Rule`, e.g. :data:`~deconvnet_attr.rules.GRADIENT`.
+
+    A layer may also be fully connected (output (N, F)): a unit is then a feature, ``target`` its
+    index, and ``neuron`` ``"max"`` or ``"all"`` (the same single unit). ``layer`` on a
+    TorchScript model (``torch.jit.script`` / ``trace``) raises ValueError: TorchScript hides the
+    layers.
+
+    Dropout in training mode stays active under the attribution, as in Captum: the forward pass
+    is the model's own, so a model in ``train()`` mode drops random units in each call (call
+    ``model.eval()`` for deterministic results; the training flags are never changed). Inputs
+    holding NaN or infinite values raise ValueError naming the examples; so do empty batches;
+    under ``torch.inference_mode()`` it raises
+    :class:`~deconvnet_attr.checks.GradientsDisabledError`. Targets must be integers (a ``str``,
+    ``float``, ``bool`` or float tensor raises TypeError naming it).
     """
 
     def __init__(
@@ -211,6 +137,12 @@ class DeconvProjection(GradientAttribution):
         self.rule = rule
         self.layer: nn.Module | None = None
         if layer is not None:
+            if isinstance(model, torch.jit.ScriptModule):
+                raise ValueError(
+                    f"model is a TorchScript module ({type(model).__name__}, from torch.jit."
+                    f"script or torch.jit.trace): TorchScript hides its layers, so layer={layer!r} "
+                    "can be neither tapped nor reached by the rule; project the original nn.Module"
+                )
             name, self.layer = resolve_layer(model, layer)
             self.layer_name = display_name(model, name)
 
@@ -243,12 +175,15 @@ class DeconvProjection(GradientAttribution):
         is_tuple = _is_tuple(inputs)
         inputs_tuple = _format_tensor_into_tuples(inputs)
         _check_inputs(inputs_tuple)
+        check_target(target)
         if self.layer is None and not (isinstance(neuron, str) and neuron == "max"):
             raise ValueError("neuron selects units of a layer: give DeconvProjection a layer")
         leaves = tuple(x.detach().requires_grad_() for x in inputs_tuple)
         with _deconvnet(self.model, whole_forward=self.layer is None, rule=self.rule):
+            # the model runs on copies (made with grad enabled): in-place first ops write those
+            fed = tuple(leaf.clone() for leaf in leaves)
             if self.layer is None:
-                output = _run_forward(self.forward_func, leaves, None, additional_forward_args)
+                output = _run_forward(self.forward_func, fed, None, additional_forward_args)
                 index = _output_indices(target, output.shape).to(output.device)
                 rows = torch.arange(output.shape[0], device=output.device)
                 selected = (
@@ -258,7 +193,7 @@ class DeconvProjection(GradientAttribution):
                 )
                 grads = torch.autograd.grad(selected.sum(), leaves, allow_unused=True)
             else:
-                act = self._layer_output(leaves, additional_forward_args)
+                act = self._layer_output(fed, additional_forward_args)
                 seed = _layer_seed(act, _channels(target, act), neuron)
                 grads = torch.autograd.grad(act, leaves, seed, allow_unused=True)
         grads = tuple(
@@ -292,10 +227,24 @@ def _ruled_gradients(
     shaped like ``inputs`` (the body of the Captum drop-ins)."""
     is_inputs_tuple = _is_tuple(inputs)
     inputs_tuple = _format_tensor_into_tuples(inputs)
+    check_grad_enabled(inputs_tuple)
+    check_target(target)
+    check_batch(inputs_tuple)
+    check_finite(inputs_tuple)
+    count = len(inputs_tuple)
+
+    def forward_on_copies(*args: Any) -> Any:
+        # the caller's tensors are the gradient leaves; the model gets copies, so that an
+        # in-place first op (nn.ReLU(inplace=True)) neither fails on a leaf nor writes them
+        copies = (a.clone() if isinstance(a, Tensor) else a for a in args[:count])
+        return forward_func(*copies, *args[count:])
+
     gradient_mask = apply_gradient_requirements(inputs_tuple)
     try:
         with _deconvnet(model):
-            gradients = gradient_func(forward_func, inputs_tuple, target, additional_forward_args)
+            gradients = gradient_func(
+                forward_on_copies, inputs_tuple, target, additional_forward_args
+            )
     finally:
         undo_gradient_requirements(inputs_tuple, gradient_mask)
     return _format_output(is_inputs_tuple, gradients)
@@ -308,7 +257,16 @@ class Deconvolution(GradientAttribution):
     Captum's class. Captum hooks only ``nn.ReLU`` modules, so on models with functional ReLUs,
     SiLU/GELU/Hardswish activations (GoogLeNet, MobileNet, EfficientNet, ConvNeXt, DenseNet's final
     ReLU) it silently returns plain gradients; here those activations get the deconvnet rule too.
-    Where Captum sees every activation, the numbers are identical.
+    Where Captum sees every activation, the numbers are identical. Like Captum, an in-place first
+    op (``nn.ReLU(inplace=True)``) works and leaves the caller's inputs untouched.
+
+    Dropout in training mode stays active under the attribution, as in Captum: the forward pass
+    is the model's own, so a model in ``train()`` mode drops random units in each call (call
+    ``model.eval()`` for deterministic results; the training flags are never changed). Inputs
+    holding NaN or infinite values raise ValueError naming the examples; so do empty batches;
+    under ``torch.inference_mode()`` it raises
+    :class:`~deconvnet_attr.checks.GradientsDisabledError`. Targets must be integers (a ``str``,
+    ``float``, ``bool`` or float tensor raises TypeError naming it).
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -356,6 +314,14 @@ class NeuronDeconvolution(NeuronAttribution, GradientAttribution):
     returns as Captum's class; the activation coverage of :class:`Deconvolution`. Each call
     builds its own neuron gradient function: nothing shared is changed, so concurrent calls with
     different neurons do not interfere.
+
+    Dropout in training mode stays active under the attribution, as in Captum: the forward pass
+    is the model's own, so a model in ``train()`` mode drops random units in each call (call
+    ``model.eval()`` for deterministic results; the training flags are never changed). Inputs
+    holding NaN or infinite values raise ValueError naming the examples; so do empty batches;
+    under ``torch.inference_mode()`` it raises
+    :class:`~deconvnet_attr.checks.GradientsDisabledError`. Targets must be integers (a ``str``,
+    ``float``, ``bool`` or float tensor raises TypeError naming it).
     """
 
     def __init__(

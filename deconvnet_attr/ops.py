@@ -109,6 +109,21 @@ def _functions(*names: str, namespaces: tuple = _NAMESPACES) -> list[Any]:
     ]
 
 
+def _aten(*names: str) -> list[Any]:
+    """The ``torch.ops.aten`` packets of these names and their ``default`` overloads (a call like
+    ``torch.ops.aten.relu.default(x)`` reaches ``__torch_function__`` as the overload)."""
+    packets = [getattr(torch.ops.aten, name) for name in names if hasattr(torch.ops.aten, name)]
+    return packets + [p.default for p in packets if "default" in p.overloads()]
+
+
+_ACTIVATION_NAMES = (
+    "relu", "relu_", "relu6", "relu6_", "hardtanh", "hardtanh_",
+    "leaky_relu", "leaky_relu_", "prelu", "_prelu_kernel", "rrelu", "rrelu_",
+    "elu", "elu_", "celu", "celu_", "selu", "selu_",
+    "gelu", "gelu_", "silu", "silu_", "mish", "mish_", "hardswish", "hardswish_", "softplus",
+)  # fmt: skip
+
+
 def _timm_modules(*names: str) -> list[type]:
     """timm's pure-Python and memory-efficient activation classes of these names."""
     try:
@@ -124,12 +139,7 @@ def _timm_modules(*names: str) -> list[type]:
 
 
 _BUILTIN: dict[OpKind, list[Any]] = {
-    OpKind.ACTIVATION: _functions(
-        "relu", "relu_", "relu6", "relu6_", "hardtanh", "hardtanh_",
-        "leaky_relu", "leaky_relu_", "prelu", "_prelu_kernel", "rrelu", "rrelu_",
-        "elu", "elu_", "celu", "celu_", "selu", "selu_",
-        "gelu", "silu", "silu_", "mish", "mish_", "hardswish", "hardswish_", "softplus",
-    ) + [
+    OpKind.ACTIVATION: _functions(*_ACTIVATION_NAMES) + _aten(*_ACTIVATION_NAMES) + [
         nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU,
         nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.Softplus,
     ],
@@ -243,5 +253,5 @@ def writes_input(op: Any) -> bool:
     """True for callables that write their first argument (``relu_``, ``x += y``, ...)."""
     if op in _INPLACE_OPERATORS:
         return True
-    name = getattr(op, "__name__", "")
+    name = getattr(op, "__name__", "").split(".")[0]  # aten overloads: "relu_.default"
     return name.endswith("_") and not name.endswith("__")
