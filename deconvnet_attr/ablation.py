@@ -37,6 +37,7 @@ from deconvnet_attr.captum_compat import (
     _format_tensor_into_tuples,
     _run_forward,
 )
+from deconvnet_attr.checks import check_target
 from deconvnet_attr.evaluation import AccuracyTable, accuracies, iterate_batches
 from deconvnet_attr.state import preserved_forward_state, preserved_state
 from deconvnet_attr.taps import LayerSpec, display_name, forward_hooks, resolve_layer
@@ -259,6 +260,7 @@ class LayerAblation(PerturbationAttribution):
         Returns:
             Tensor of shape (N, len(layers)): intact minus ablated target output.
         """
+        check_target(target)
         _check_baselines(baselines)
         if (
             isinstance(perturbations_per_eval, bool)

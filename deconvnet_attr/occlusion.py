@@ -31,6 +31,7 @@ from deconvnet_attr.captum_compat import (
     TargetType,
     TensorOrTupleOfTensorsGeneric,
 )
+from deconvnet_attr.checks import check_target
 from deconvnet_attr.geometry import layer_node
 from deconvnet_attr.incremental import IncrementalForward, RunStats
 from deconvnet_attr.occlusion_args import TargetChecked, check_baselines, check_windows
@@ -140,6 +141,7 @@ class Occlusion(CaptumOcclusion):
         the mean over the windows covering it of ``output(input) - output(occluded input)``
         for ``target``.
         """
+        check_target(target)
         check_windows(inputs, sliding_window_shapes, strides, perturbations_per_eval)
         if baselines is not None:
             check_baselines(inputs, baselines)
