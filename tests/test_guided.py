@@ -10,15 +10,26 @@ import pytest
 import torch
 import torch.nn.functional as F
 from captum.metrics import infidelity, sensitivity_max
-from fx_reference import reference_guided
+from fx_reference import reference_deconvnet, reference_guided
 from model_state import snapshot
 from test_deconv import CAPTUM_SEES_ALL, TIMM, TORCHVISION, build
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from deconvnet_attr import DeconvProjection, GuidedBackprop, GuidedGradCam, NeuronGuidedBackprop
+from deconvnet_attr.data import load_eval_subset
 from deconvnet_attr.intercept import apply_rule
+from deconvnet_attr.models import load_reference
+from deconvnet_attr.report import ReportContext
+from deconvnet_attr.report.guided_section import guided_comparison_section
 from deconvnet_attr.rules import GUIDED
 from deconvnet_attr.taps import LayerError
+from deconvnet_attr.viz_guided import (
+    METHODS,
+    guided_comparison_figure,
+    guided_comparison_maps,
+    last_conv_layer,
+)
 
 
 def _quiet(fn, *args, **kwargs):
@@ -442,3 +453,61 @@ def test_errors_are_those_of_captum(relu_net):
         GuidedGradCam(relu_net, "body.9")
     with pytest.raises(LayerError, match="'bodyy'"):
         NeuronGuidedBackprop(relu_net, "bodyy")
+
+
+# ------------------------------------------------------------------ the comparison figure
+def test_comparison_maps_on_the_reference_model_match_the_references():
+    model = load_reference()
+    images, labels = load_eval_subset()
+    images, labels = images[[0, 500]], labels[[0, 500]]
+    assert last_conv_layer(model) == "conv5"
+    before = snapshot(model)
+    maps = guided_comparison_maps(model, images, "conv5", labels)
+    assert list(maps) == list(METHODS)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(snapshot(model)[0].values(), before[0].values(), strict=True)
+    )
+
+    def saliency(net):
+        leaf = images.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(net(leaf)[torch.arange(2), labels].sum(), leaf)
+        return grad
+
+    guided = saliency(reference_guided(model)[0])
+    cam = ca.LayerGradCam(model, model.conv5).attribute(images, labels, relu_attributions=True)
+    expected = {
+        "gradient": saliency(model),
+        "deconvnet": saliency(reference_deconvnet(model)[0]),
+        "guided backprop": guided,
+        "guided Grad-CAM": guided * F.interpolate(cam, size=(28, 28), mode="bilinear"),
+    }
+    for name in METHODS:
+        torch.testing.assert_close(maps[name], expected[name], rtol=1e-4, atol=1e-7)
+    fig = guided_comparison_figure(model, images, class_names=model.class_names)
+    assert len(fig.axes) == 2 * (1 + len(METHODS))
+    assert fig.axes[0].get_ylabel() == model.class_names[int(model(images[:1]).argmax())]
+
+
+def test_report_section_writes_the_figure(tmp_path):
+    images, labels = load_eval_subset()
+    picked = torch.tensor([0, 100, 200, 300])
+    ctx = ReportContext(
+        model=load_reference(),
+        model_name="reference",
+        data=TensorDataset(images[picked], labels[picked]),
+        data_name="four images",
+        layers=["conv1"],
+        out=tmp_path,
+        has_labels=True,
+        quick=True,
+        progress=False,
+    )
+    section = guided_comparison_section(ctx, {})
+    assert section is not None and 'src="guided-comparison.png"' in section.body
+    assert "conv5" in section.body
+    assert (tmp_path / "guided-comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ctx.model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
+    assert guided_comparison_section(ctx, {}) is None
+    with pytest.raises(ValueError, match="no nn.Conv2d"):
+        last_conv_layer(ctx.model)
