@@ -137,9 +137,19 @@ class _GuidedSite(torch.autograd.Function):
         return local.clamp(min=0), None
 
 
-def guided_call(target, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    """``target(x, *args, **kwargs)`` with the guided backward (an fx call_function target)."""
-    return _GuidedSite.apply(x, lambda t: target(t, *args, **kwargs))
+_GUIDED_CALLS: dict = {}
+
+
+def guided_call(target):
+    """``target`` with the guided backward: a function an fx graph can call (one per target)."""
+    if target not in _GUIDED_CALLS:
+
+        def call(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+            return _GuidedSite.apply(x, lambda t: target(t, *args, **kwargs))
+
+        call.__name__ = call.__qualname__ = f"guided_{target.__name__}"
+        _GUIDED_CALLS[target] = call
+    return _GUIDED_CALLS[target]
 
 
 class _GuidedSiteModule(nn.Module):
@@ -187,7 +197,7 @@ def reference_guided(model: nn.Module) -> tuple[nn.Module, bool]:
         kwargs = {k: v for k, v in node.kwargs.items() if k != "inplace"}
         args = node.args[:1] + tuple(a for a in node.args[1:] if a is not True)  # inplace=True
         with gm.graph.inserting_after(node):
-            site = gm.graph.call_function(guided_call, (target, *args), kwargs)
+            site = gm.graph.call_function(guided_call(target), args, kwargs)
         node.replace_all_uses_with(site)
         gm.graph.erase_node(node)
     gm.graph.lint()
