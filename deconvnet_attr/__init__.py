@@ -10,6 +10,9 @@ from .deconv import DeconvProjection as DeconvProjection
 from .deconv import NeuronDeconvolution as NeuronDeconvolution
 from .geometry import receptive_field as receptive_field
 from .geometry import receptive_field_table as receptive_field_table
+from .guided import GuidedBackprop as GuidedBackprop
+from .guided import GuidedGradCam as GuidedGradCam
+from .guided import NeuronGuidedBackprop as NeuronGuidedBackprop
 from .mining import TopActivations as TopActivations
 from .mining import top_activations as top_activations
 from .models import load_checkpoints as load_checkpoints

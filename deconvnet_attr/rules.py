@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ActivationForward", "DECONVNET", "GRADIENT", "Rule"]
+__all__ = ["ActivationForward", "DECONVNET", "GRADIENT", "GUIDED", "Rule"]
 
 
 class ActivationForward:
@@ -85,3 +85,14 @@ DECONVNET = Rule("deconvnet", _rectify_signal)
 
 #: The activation's own derivative: under this rule a projection is the plain gradient.
 GRADIENT = Rule("gradient", _true_gradient, needs_forward=True)
+
+
+def _guided(grad_output: Tensor, forward: ActivationForward | None) -> Tensor:
+    assert forward is not None  # needs_forward=True
+    return F.relu(forward.gradient(grad_output))
+
+
+#: Guided backpropagation (Springenberg et al. 2014): the activation's true backward, rectified,
+#: ``relu(f'(x) * grad_output)``. For ReLU, ``(x > 0) * relu(grad_output)``: the deconvnet's relu*
+#: and the forward mask at once, exactly Captum's guided rule. See docs/guided.md for the table.
+GUIDED = Rule("guided", _guided, needs_forward=True)

@@ -70,6 +70,7 @@ def test_quick_report_on_the_bundled_reference(tmp_path):
         "Occlusion sensitivity (Fig. 7)",
         "Correspondence analysis (Sec. 5.3, Table 1)",
         "Layer ablation",
+        "Gradient, deconvnet and guided backpropagation",
     ]
     assert {
         "fig2-conv1.png",

@@ -27,6 +27,7 @@ from deconvnet_attr.projection import project_top_activations
 from deconvnet_attr.viz import plot_evolution, plot_feature_grid
 
 from .context import Mined, ReportContext, Section, SectionBuilder
+from .guided_section import guided_comparison_section
 from .html import html_table, paragraph
 from .studies import ablation_section, correspondence_section, invariance_section, occlusion_section
 
@@ -193,5 +194,6 @@ SECTIONS: list[SectionBuilder] = [
     occlusion_section,
     correspondence_section,
     ablation_section,
+    guided_comparison_section,
 ]
 """The report's sections, in order; each builder is independent of the others."""
