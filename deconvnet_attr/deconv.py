@@ -222,9 +222,10 @@ def _ruled_gradients(
     inputs: TensorOrTupleOfTensorsGeneric,
     target: TargetType,
     additional_forward_args: Any,
+    rule: Rule = DECONVNET,
 ) -> TensorOrTupleOfTensorsGeneric:
-    """Captum's ``gradient_func(forward_func, inputs, target, args)`` under the deconvnet rule,
-    shaped like ``inputs`` (the body of the Captum drop-ins)."""
+    """Captum's ``gradient_func(forward_func, inputs, target, args)`` with every activation under
+    ``rule``, shaped like ``inputs`` (the body of the Captum drop-ins: deconvnet and guided)."""
     is_inputs_tuple = _is_tuple(inputs)
     inputs_tuple = _format_tensor_into_tuples(inputs)
     check_grad_enabled(inputs_tuple)
@@ -241,7 +242,7 @@ def _ruled_gradients(
 
     gradient_mask = apply_gradient_requirements(inputs_tuple)
     try:
-        with _deconvnet(model):
+        with _deconvnet(model, rule=rule):
             gradients = gradient_func(
                 forward_on_copies, inputs_tuple, target, additional_forward_args
             )

@@ -27,38 +27,15 @@ from deconvnet_attr.captum_compat import (
     _format_output,
     _format_tensor_into_tuples,
     _is_tuple,
-    apply_gradient_requirements,
     construct_neuron_grad_fn,
-    undo_gradient_requirements,
 )
-from deconvnet_attr.deconv import _deconvnet
+from deconvnet_attr.deconv import _ruled_gradients
 from deconvnet_attr.rules import GUIDED
 from deconvnet_attr.taps import LayerSpec, resolve_layer
 
 __all__ = ["GuidedBackprop", "GuidedGradCam", "NeuronGuidedBackprop"]
 
 _MODEL_ASSERT = "Given model must be an instance of torch.nn.Module to properly hook ReLU layers."
-
-
-def _guided_gradients(
-    model: nn.Module,
-    gradient_func: Callable,
-    forward_func: Callable,
-    inputs: TensorOrTupleOfTensorsGeneric,
-    target: TargetType,
-    additional_forward_args: Any,
-) -> TensorOrTupleOfTensorsGeneric:
-    """Captum's ``gradient_func(forward_func, inputs, target, args)`` with every activation under
-    the guided rule, shaped like ``inputs`` (the body of the drop-ins)."""
-    is_inputs_tuple = _is_tuple(inputs)
-    inputs_tuple = _format_tensor_into_tuples(inputs)
-    gradient_mask = apply_gradient_requirements(inputs_tuple)
-    try:
-        with _deconvnet(model, rule=GUIDED):
-            gradients = gradient_func(forward_func, inputs_tuple, target, additional_forward_args)
-    finally:
-        undo_gradient_requirements(inputs_tuple, gradient_mask)
-    return _format_output(is_inputs_tuple, gradients)
 
 
 class GuidedBackprop(GradientAttribution):
@@ -92,13 +69,14 @@ class GuidedBackprop(GradientAttribution):
         Returns:
             Tensor or tuple of tensors shaped like ``inputs``.
         """
-        return _guided_gradients(
+        return _ruled_gradients(
             self.model,
             self.gradient_func,
             self.forward_func,
             inputs,
             target,
             additional_forward_args,
+            rule=GUIDED,
         )
 
     def attribute_future(self) -> Callable:
@@ -146,8 +124,14 @@ class NeuronGuidedBackprop(NeuronAttribution, GradientAttribution):
         gradient_func = construct_neuron_grad_fn(
             self.layer, neuron_selector, self.device_ids, attribute_to_neuron_input
         )
-        return _guided_gradients(
-            self.model, gradient_func, self.forward_func, inputs, None, additional_forward_args
+        return _ruled_gradients(
+            self.model,
+            gradient_func,
+            self.forward_func,
+            inputs,
+            None,
+            additional_forward_args,
+            rule=GUIDED,
         )
 
 

@@ -6,8 +6,23 @@ import pytest
 import torch
 from torch import nn
 
-from deconvnet_attr import Deconvolution, DeconvProjection, LayerAblation, Occlusion
+from deconvnet_attr import (
+    Deconvolution,
+    DeconvProjection,
+    GuidedBackprop,
+    GuidedGradCam,
+    LayerAblation,
+    Occlusion,
+)
 
+NAMES = [
+    "DeconvProjection",
+    "Deconvolution",
+    "Occlusion",
+    "LayerAblation",
+    "GuidedBackprop",
+    "GuidedGradCam",
+]
 BAD_TARGETS = ["3", 2.7, True, torch.tensor([1.5, 2.5]), torch.tensor([True, False]), [0, 2.7]]
 
 
@@ -26,6 +41,8 @@ def _calls(model: nn.Module, x: torch.Tensor):
             x, sliding_window_shapes=(1, 2, 2), strides=2, target=t
         ),
         "LayerAblation": lambda t: LayerAblation(model, [model[0]]).attribute(x, target=t),
+        "GuidedBackprop": lambda t: GuidedBackprop(model).attribute(x, target=t),
+        "GuidedGradCam": lambda t: GuidedGradCam(model, model[0]).attribute(x, target=t),
     }
 
 
