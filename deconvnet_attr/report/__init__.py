@@ -21,6 +21,7 @@ from .build import build_report, mine_layers
 from .cli import context_from_args, load_weights, main, parse_args, with_input_normalization
 from .context import Mined, ReportContext, Section, SectionBuilder
 from .html import html_table, record_table
+from .paper_sections import fig6_section
 from .sections import (
     SECTIONS,
     evolution_section,
@@ -43,6 +44,7 @@ __all__ = [
     "correspondence_section",
     "evolution_section",
     "feature_grid_section",
+    "fig6_section",
     "followed_channels",
     "html_table",
     "invariance_section",

@@ -28,6 +28,7 @@ from deconvnet_attr.viz import plot_evolution, plot_feature_grid
 
 from .context import Mined, ReportContext, Section, SectionBuilder
 from .html import html_table, paragraph
+from .paper_sections import fig6_section
 from .studies import ablation_section, correspondence_section, invariance_section, occlusion_section
 
 __all__ = [
@@ -190,6 +191,7 @@ SECTIONS: list[SectionBuilder] = [
     feature_grid_section,
     evolution_section,
     invariance_section,
+    fig6_section,
     occlusion_section,
     correspondence_section,
     ablation_section,
