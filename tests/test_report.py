@@ -17,6 +17,7 @@ from deconvnet_attr.analysis.correspondence import FASHION_MNIST_PARTS, part_ima
 from deconvnet_attr.data import load_eval_subset
 from deconvnet_attr.mining import top_activations
 from deconvnet_attr.models import create_model, load_reference, zfnet_fashion
+from deconvnet_attr.occlusion import OcclusionMaps
 from deconvnet_attr.report import (
     ReportContext,
     ablation_section,
@@ -25,6 +26,7 @@ from deconvnet_attr.report import (
     feature_grid_section,
     html_table,
     main,
+    occlusion_examples,
     record_table,
     with_input_normalization,
 )
@@ -265,3 +267,33 @@ def test_record_tables_are_rendered_from_their_cells_not_their_csv():
         "<tr><td>intact</td><td>75.00</td><td>0.00</td></tr>"
         "<tr><td>a, &quot;b&quot;</td><td>50.00</td><td>25.00</td></tr></tbody></table>"
     )
+
+
+def _sweep(target: int, clean: int, changed: int) -> OcclusionMaps:
+    """A 2x2 occlusion sweep whose label map differs from ``clean`` at ``changed`` positions."""
+    label = torch.full((4,), clean)
+    label[:changed] = clean + 1
+    return OcclusionMaps(
+        feature=torch.zeros(2, 2),
+        probability=torch.zeros(2, 2),
+        label=label.view(2, 2),
+        layer="relu5",
+        channel=0,
+        target=target,
+        rows=torch.tensor([0, 1]),
+        cols=torch.tensor([0, 1]),
+        window=(1, 1),
+        clean_feature=0.0,
+        clean_probability=0.0,
+        clean_label=clean,
+    )
+
+
+def test_occlusion_examples_are_right_first_of_a_class_and_change_label_most():
+    sweeps = [_sweep(0, 0, 2), _sweep(0, 0, 3), _sweep(1, 2, 4), _sweep(3, 3, 0), _sweep(4, 4, 1)]
+    targets = torch.tensor([s.target for s in sweeps])
+    chosen, changed = occlusion_examples(sweeps, targets, count=3)
+    # by hand: #2 is misclassified, #3 never changes, #0 has the class of #1 (which changes more)
+    assert chosen == [1, 4]
+    torch.testing.assert_close(changed, torch.tensor([0.5, 0.75, 1.0, 0.0, 0.25]).double())
+    assert occlusion_examples(sweeps, targets, count=1)[0] == [1]

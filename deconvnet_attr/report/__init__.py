@@ -30,7 +30,13 @@ from .sections import (
     overview_section,
     receptive_field_section,
 )
-from .studies import ablation_section, correspondence_section, invariance_section, occlusion_section
+from .studies import (
+    ablation_section,
+    correspondence_section,
+    invariance_section,
+    occlusion_examples,
+    occlusion_section,
+)
 
 __all__ = [
     "SECTIONS",
@@ -51,6 +57,7 @@ __all__ = [
     "load_weights",
     "main",
     "mine_layers",
+    "occlusion_examples",
     "occlusion_section",
     "overview_section",
     "parse_args",
