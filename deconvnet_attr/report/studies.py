@@ -12,7 +12,13 @@ from torch import Tensor, nn
 
 from deconvnet_attr.ablation import PAPER_GROUPS, ablation_study
 from deconvnet_attr.analysis.correspondence import correspondence_table, part_images
-from deconvnet_attr.analysis.invariance import default_transforms, invariance_curves
+from deconvnet_attr.analysis.invariance import (
+    FASHION_MNIST_FIG5_CLASSES,
+    default_transforms,
+    first_of_classes,
+    invariance_curves,
+)
+from deconvnet_attr.data import FASHION_MNIST_CLASSES
 from deconvnet_attr.deconv import DeconvProjection
 from deconvnet_attr.mining import top_activations
 from deconvnet_attr.occlusion import OcclusionMaps, occlusion_maps
@@ -52,15 +58,16 @@ def _low_high_layers(ctx: ReportContext, low: str, high: str) -> list[str]:
     return list(dict.fromkeys([ctx.layers[0], ctx.layers[-1]]))
 
 
-def _one_per_class(ctx: ReportContext, count: int) -> tuple[Tensor, Tensor]:
-    """Up to ``count`` images of different classes (the first of each), with their labels.
-
-    Without known labels: the first ``count`` images, labelled with the model's prediction.
-    """
+def _fig5_images(ctx: ReportContext, count: int) -> tuple[Tensor, Tensor]:
+    """Up to ``count`` images of different classes (the first of each): on Fashion-MNIST those of
+    :data:`FASHION_MNIST_FIG5_CLASSES` (the docs' images), else classes spread evenly over those
+    present, with their labels. Without known labels: the first ``count`` images, labelled with
+    the model's prediction."""
     images, labels = ctx.images()
     if ctx.has_labels:
-        firsts = [int((labels == c).nonzero()[0]) for c in labels.unique().tolist()][:count]
-        return images[firsts], labels[firsts]
+        fashion = tuple(ctx.class_names or ()) == FASHION_MNIST_CLASSES
+        picks = first_of_classes(labels, FASHION_MNIST_FIG5_CLASSES if fashion else None, count)
+        return images[picks[:count]], labels[picks[:count]]
     images = images[:count]
     device = next(ctx.model.parameters()).device
     with torch.no_grad():
@@ -70,7 +77,7 @@ def _one_per_class(ctx: ReportContext, count: int) -> tuple[Tensor, Tensor]:
 
 def invariance_section(ctx: ReportContext, mined: Mined) -> Section:
     """Fig. 5: feature distance and true-class probability under translation, scale, rotation."""
-    images, labels = _one_per_class(ctx, 2 if ctx.quick else 5)
+    images, labels = _fig5_images(ctx, 2 if ctx.quick else 5)
     layers = _low_high_layers(ctx, "conv1", "fc7")
     steps = default_transforms(images.shape[-2])
     if ctx.quick:
@@ -78,9 +85,12 @@ def invariance_section(ctx: ReportContext, mined: Mined) -> Section:
     result = invariance_curves(
         ctx.model, images, labels, layers, transforms=steps, batch_size=ctx.batch_size
     )
-    fig = plot_invariance(result, images, ctx.class_names if ctx.has_labels else None)
+    fig = plot_invariance(
+        result, images, ctx.class_names if ctx.has_labels else None, all_strips=True
+    )
     intro = paragraph(
-        f"{len(images)} images, each shifted vertically, scaled and rotated step by step. Rows: "
+        f"{len(images)} images of different classes, each shifted vertically, scaled and rotated "
+        "step by step; the top rows show five steps of each transform for every image. Then: "
         f"the Euclidean distance between the {' and '.join(layers)} feature vectors of the "
         "original and the transformed image, then the probability of the "
         + ("true class." if ctx.has_labels else "class predicted for the original image.")

@@ -54,17 +54,20 @@ def plot_invariance(
     images: Tensor | None = None,
     class_names: Sequence[str] | None = None,
     example: int = 0,
+    all_strips: bool = False,
 ) -> Figure:
     """Figure in the layout of the paper's Fig. 5: one column per transform.
 
-    Rows: (optional) five transformed versions of ``images[example]``, then one row per layer with
-    the feature distance against the transform parameter, then the true-class probability. One line
-    per image, labelled with its class (``class_names[label]`` when given). Returns a matplotlib
-    ``Figure``.
+    Rows: (optional) five transformed versions of ``images[example]`` -- or, with
+    ``all_strips``, of every image, one row each, as the paper shows all five of its images --
+    then one row per layer with the feature distance against the transform parameter, then the
+    true-class probability. One line per image, labelled with its class (``class_names[label]``
+    when given). Returns a matplotlib ``Figure``.
     """
     transforms = list(result.curves)
-    rows = len(result.layers) + 1 + (images is not None)
-    ratios = [0.6] * (images is not None) + [1.0] * (rows - (images is not None))
+    strips = [] if images is None else list(range(len(images))) if all_strips else [example]
+    rows = len(result.layers) + 1 + len(strips)
+    ratios = [0.6] * len(strips) + [1.0] * (rows - len(strips))
     fig, axes = plt.subplots(
         rows,
         len(transforms),
@@ -80,10 +83,13 @@ def plot_invariance(
     labels = [class_names[int(c)] if class_names else f"class {int(c)}" for c in result.labels]
     for col, name in enumerate(transforms):
         curve = result.curves[name]
-        row = 0
-        if images is not None:
-            _draw_strip(axes[0, col], images[example : example + 1], curve, result.fill)
-            row = 1
+        for row, i in enumerate(strips):
+            _draw_strip(axes[row, col], images[i : i + 1], curve, result.fill)
+            if all_strips and col == 0:
+                axes[row, 0].set_ylabel(labels[i], fontsize=8)
+            if row:
+                axes[row, col].set_title("")
+        row = len(strips)
         panels = [(f"{layer}: ‖x − x'‖₂", curve.distances[layer]) for layer in result.layers]
         panels.append(("P(true class)", curve.probability))
         for title, data in panels:
