@@ -15,6 +15,7 @@ from torch.utils.data import TensorDataset
 from deconvnet_attr.ablation import PAPER_GROUPS, AccuracyTable
 from deconvnet_attr.analysis.correspondence import FASHION_MNIST_PARTS, part_images
 from deconvnet_attr.data import load_eval_subset
+from deconvnet_attr.geometry import receptive_field
 from deconvnet_attr.mining import top_activations
 from deconvnet_attr.models import create_model, load_reference, zfnet_fashion
 from deconvnet_attr.occlusion import OcclusionMaps
@@ -24,6 +25,7 @@ from deconvnet_attr.report import (
     build_report,
     evolution_section,
     feature_grid_section,
+    field_coverage,
     html_table,
     main,
     occlusion_examples,
@@ -297,3 +299,19 @@ def test_occlusion_examples_are_right_first_of_a_class_and_change_label_most():
     assert chosen == [1, 4]
     torch.testing.assert_close(changed, torch.tensor([0.5, 0.75, 1.0, 0.0, 0.25]).double())
     assert occlusion_examples(sweeps, targets, count=1)[0] == [1]
+
+
+def test_field_coverage_counts_the_units_that_see_the_whole_image(tmp_path):
+    ctx = _small_context(tmp_path, "coverage")  # 28x28 images
+    # conv5 of zfnet_fashion: by hand from its convs and pools (k, s, p): conv1 (7,1,3),
+    # pool1 (3,2,1), conv2 (5,1,2), pool2 (3,2,1), conv3-5 (3,1,1) -> size 45, stride 4, offset -22
+    field = receptive_field(ctx.model, "conv5", torch.zeros(1, 1, 28, 28))
+    assert (field.size, field.stride, field.offset) == ((45, 45), (4, 4), (-22, -22))
+    # a 7x7 map; unit i sees rows -22 + 4i ... 22 + 4i: the whole 0..27 for i = 2..5 (4 of 7)
+    assert field_coverage(ctx, "conv5", field) == (
+        "The 45×45 receptive field is larger than the 28×28 image: 16 of the 49 units see the "
+        "whole image."
+    )
+    small = receptive_field(ctx.model, "conv1", torch.zeros(1, 1, 28, 28))
+    assert field_coverage(ctx, "conv1", small) == "Receptive field 7×7 on the 28×28 image."
+    assert field_coverage(ctx, "conv1", None) == ""

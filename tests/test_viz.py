@@ -140,3 +140,18 @@ def test_occlusion_figure_tiles_projections_and_fixes_the_probability_scale():
     panel_c, panel_d = fig.axes[2].images[0], fig.axes[3].images[0]
     assert panel_c.get_array().shape == (2 * 17 - 1, 3 * 17 - 1)  # 5 tiles in a 3-column grid
     assert panel_d.get_clim() == (0.0, 1.0)
+
+
+def test_feature_block_paints_outside_pixels_opaque_in_their_own_colour():
+    projections = torch.randn(4, 1, 3, 3)
+    projections[1, 0, 0, :] = float("nan")  # outside the image: the top row of tile 1
+    patches = torch.rand(4, 1, 3, 3)
+    patches[1, 0, 0, :] = float("nan")
+    block = feature_block(projections, patches, outside=(1.0, 0.5, 0.0))
+    w = 3  # 2x2 tiles of 3x3; tile 1 starts at column w + 1, the patches at 2 * (w + 1) - 1 + w
+    np.testing.assert_array_equal(block[0, w + 1 : 2 * w + 1], [[1.0, 0.5, 0.0, 1.0]] * 3)
+    right = 2 * (w + 1) - 1 + w + (w + 1)
+    np.testing.assert_array_equal(block[0, right : right + w], [[1.0, 0.5, 0.0, 1.0]] * 3)
+    assert block[1, w + 1, 3] == 1.0 and block[w, 0, 3] == 0.0  # inside opaque, gap transparent
+    fig = plot_feature_grid([projections], [patches], outside="#ff8000")
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["outside the image (padding)"]

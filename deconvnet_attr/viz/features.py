@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from torch import Tensor
 
 from .common import _show, contrast_stretch, image_display
@@ -20,6 +22,7 @@ def plot_feature_grid(
     title: str | None = None,
     blocks_per_row: int = 4,
     percentile: float = 99.5,
+    outside: str | None = None,
 ) -> Figure:
     """The paper's Fig. 2 for one layer: per channel, top-k projections beside their image patches.
 
@@ -31,6 +34,9 @@ def plot_feature_grid(
         title: figure title.
         blocks_per_row: channels side by side.
         percentile: see :func:`contrast_stretch`.
+        outside: a matplotlib colour for pixels outside the image (NaN; the receptive field's
+            part beyond the border, i.e. the layer's padding), explained in a legend; default:
+            transparent like the gaps between tiles.
 
     Each channel is a block: a square grid of its projections (left) and of its patches (right),
     strongest activation first (row-major), drawn as one image (see :func:`feature_block`), so a
@@ -43,8 +49,9 @@ def plot_feature_grid(
         )
     if labels is not None and len(labels) != len(projections):
         raise ValueError(f"{len(labels)} labels for {len(projections)} channels")
+    fill = None if outside is None else to_rgb(outside)
     blocks = [
-        feature_block(proj, patch, percentile)
+        feature_block(proj, patch, percentile, outside=fill)
         for proj, patch in zip(projections, patches, strict=True)
     ]
     cols = min(blocks_per_row, len(blocks))
@@ -68,18 +75,30 @@ def plot_feature_grid(
             spine.set_color("0.8")
         if labels is not None:
             ax.set_title(labels[b], fontsize=8, pad=2)
+    if outside is not None:
+        fig.legend(
+            handles=[Patch(color=outside, label="outside the image (padding)")],
+            loc="outside lower center",
+            fontsize=8,
+            frameon=False,
+        )
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
 
 
-def feature_block(projections: Tensor, patches: Tensor, percentile: float = 99.5) -> np.ndarray:
+def feature_block(
+    projections: Tensor,
+    patches: Tensor,
+    percentile: float = 99.5,
+    outside: tuple[float, float, float] | None = None,
+) -> np.ndarray:
     """One channel's block of :func:`plot_feature_grid` as an RGBA image ``(H, W, 4)``.
 
     ``projections`` and ``patches`` are ``(k, C, h, w)``. The ``k`` contrast-stretched projections
     fill a square grid of ``side = ceil(sqrt(k))`` tiles, row-major, tiles 1 pixel apart; a gap of
-    ``w`` pixels; then the patches in the same arrangement. Gaps and NaN pixels (outside the
-    image) are transparent.
+    ``w`` pixels; then the patches in the same arrangement. Gaps are transparent; NaN pixels
+    (outside the image) too, or opaque in the RGB colour ``outside`` (values in [0, 1]).
     """
     if len(projections) != len(patches):
         raise ValueError(f"{len(projections)} projections but {len(patches)} patches")
@@ -100,8 +119,12 @@ def feature_block(projections: Tensor, patches: Tensor, percentile: float = 99.5
         for j in range(k):
             r, c = divmod(j, side)
             top, col = r * (h + 1), left + c * (w + 1)
-            block[top : top + h, col : col + w, :3] = np.nan_to_num(rgb[j])
-            block[top : top + h, col : col + w, 3] = ~np.isnan(rgb[j]).any(axis=-1)
+            missing = np.isnan(rgb[j]).any(axis=-1)
+            tile = np.nan_to_num(rgb[j])
+            if outside is not None:
+                tile[missing] = outside
+            block[top : top + h, col : col + w, :3] = tile
+            block[top : top + h, col : col + w, 3] = ~missing if outside is None else 1.0
     return block
 
 
