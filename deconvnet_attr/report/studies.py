@@ -226,7 +226,8 @@ def correspondence_section(ctx: ReportContext, mined: Mined) -> Section | None:
     )
     if not usable:
         return Section(title, paragraph(note))
-    layers = _low_high_layers(ctx, "conv5", "fc7")
+    # the paper's rectified layer-5 and layer-7 features, when the model has them
+    layers = _low_high_layers(ctx, "relu5", "relu7")
     table = correspondence_table(
         ctx.model,
         images,
