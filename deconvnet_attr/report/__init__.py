@@ -21,7 +21,7 @@ from .build import build_report, mine_layers
 from .cli import context_from_args, load_weights, main, parse_args, with_input_normalization
 from .context import Mined, ReportContext, Section, SectionBuilder
 from .html import html_table, record_table
-from .paper_sections import fig6_section
+from .paper_sections import fig6_section, table3_retrained_section, transfer_section
 from .sections import (
     SECTIONS,
     evolution_section,
@@ -64,6 +64,8 @@ __all__ = [
     "overview_section",
     "parse_args",
     "receptive_field_section",
+    "table3_retrained_section",
+    "transfer_section",
     "record_table",
     "with_input_normalization",
 ]

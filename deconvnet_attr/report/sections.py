@@ -29,7 +29,7 @@ from deconvnet_attr.viz import plot_evolution, plot_feature_grid
 
 from .context import Mined, ReportContext, Section, SectionBuilder
 from .html import html_table, paragraph
-from .paper_sections import fig6_section
+from .paper_sections import fig6_section, table3_retrained_section, transfer_section
 from .studies import ablation_section, correspondence_section, invariance_section, occlusion_section
 
 __all__ = [
@@ -242,5 +242,7 @@ SECTIONS: list[SectionBuilder] = [
     occlusion_section,
     correspondence_section,
     ablation_section,
+    table3_retrained_section,
+    transfer_section,
 ]
 """The report's sections, in order; each builder is independent of the others."""
