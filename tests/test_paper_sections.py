@@ -64,3 +64,20 @@ def test_fig6_section_needs_fashion_mnist_and_is_left_out_of_quick_reports(tmp_p
     images = torch.rand(4, 3, 32, 32)
     other = _context(tmp_path, data=TensorDataset(images, torch.zeros(4, dtype=torch.long)))
     assert fig6_section(other, {}) is None
+
+
+def test_table3_retrained_section_shows_the_shipped_csv_and_says_what_was_not_run(tmp_path):
+    import csv
+    from pathlib import Path
+
+    import deconvnet_attr
+    from deconvnet_attr.report import table3_retrained_section
+
+    path = Path(deconvnet_attr.__file__).parent / "assets" / "table3_retrained.csv"
+    with open(path, newline="") as f:
+        want = list(csv.reader(f))
+    section = table3_retrained_section(_context(tmp_path), {})
+    assert section is not None and _cells(section.body) == want
+    not_run = [row for row in want[1:] if row[4] == "not run"]
+    assert not_run and all(row[6].startswith("not run: ") for row in not_run)
+    assert table3_retrained_section(_context(tmp_path, quick=True), {}) is None
