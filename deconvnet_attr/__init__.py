@@ -3,11 +3,14 @@
 from .ablation import LayerAblation as LayerAblation
 from .analysis.correspondence import correspondence as correspondence
 from .analysis.correspondence import correspondence_table as correspondence_table
+from .analysis.filters import filter_diagnostics as filter_diagnostics
 from .analysis.invariance import invariance_curves as invariance_curves
 from .clipping import feature_scale_clip as feature_scale_clip
 from .deconv import Deconvolution as Deconvolution
 from .deconv import DeconvProjection as DeconvProjection
 from .deconv import NeuronDeconvolution as NeuronDeconvolution
+from .fig6 import fig6_summary as fig6_summary
+from .fig6 import load_fig6_models as load_fig6_models
 from .geometry import receptive_field as receptive_field
 from .geometry import receptive_field_table as receptive_field_table
 from .guided import GuidedBackprop as GuidedBackprop

@@ -251,7 +251,9 @@ def occlusion_maps(
 
     ``image`` is ``(C, H, W)`` or ``(1, C, H, W)``; ``model`` maps it to class logits
     ``(1, classes)``. ``baseline`` fills the occluder (a scalar, or a tensor broadcastable to
-    ``(C, H, W)``; 0 is the mean grey of a normalised image). ``layer`` (a module or its name)
+    ``(C, H, W)``); the default 0 is black for models taking images in [0, 1] (the bundled ones),
+    grey only for inputs normalised to zero mean: for the paper's grey square on [0, 1] images
+    pass the data's mean intensity, as the report does. ``layer`` (a module or its name)
     is the layer whose strongest feature map -- the channel with the largest activation on the
     unoccluded image -- is summed for map (b). ``target`` (default: the predicted class of the
     unoccluded image) is the class whose softmax probability gives map (d); map (e) is the most

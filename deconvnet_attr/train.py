@@ -10,9 +10,23 @@ a model file ``model_epochNNN.pt`` (fp16) for the feature-evolution figure; at t
 ``model_final.pt`` (fp32). Model files load with :func:`deconvnet_attr.models.load_model`.
 
 Defaults follow the paper for ``--arch zfnet`` (SGD lr 1e-2, momentum 0.9, batch 128, dropout 0.5,
-lr x0.1 when validation accuracy plateaus, 70 epochs, 224 crops + flips) and a short cosine
-schedule for ``--arch zfnet-fashion``. Feature-scale clipping (:func:`feature_scale_clip`, RMS 0.1)
-runs after every step for both.
+lr x0.1 when validation accuracy plateaus, 70 epochs) and a short cosine schedule for
+``--arch zfnet-fashion``. Feature-scale clipping (:func:`feature_scale_clip`, RMS 0.1) runs after
+every step for both.
+
+Preprocessing is *not* exactly the paper's. The paper resizes the shorter side to 256, crops the
+centre 256x256, subtracts the per-pixel mean and trains on 10 fixed 224x224 sub-crops of it (the
+four corners and the centre, each also flipped). Here (ImageFolder data,
+:func:`~deconvnet_attr.data.image_folder_transform`) the shorter side is resized to
+``round(S * 256 / 224)`` and a random ``S x S`` crop is taken from anywhere in the resized image
+(not just the centre square) with a random horizontal flip; no mean subtraction (images stay in
+[0, 1]); evaluation uses the centre crop. Fashion-MNIST trains on the whole 28x28 image with random
+flips only.
+
+Under ``torchrun`` ``--batch-size`` is per process, so N processes train with an effective batch
+of ``batch_size x N`` (128 x N by default) at an unchanged learning rate: the lr is not scaled
+with N (scale it by hand, e.g. the linear rule ``lr x N`` with warm-up, to keep the single-process
+recipe's behaviour).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Correspondence analysis (Zeiler & Fergus 2013, Sec. 5.3 / Table 1) on the bundled reference.
 
     python examples/correspondence.py                    # writes analysis-correspondence.png
-    python examples/correspondence.py --layers relu5 relu7 --sets 10 --out fig.png
+    python examples/correspondence.py --layers conv5 fc7 --sets 10 --out fig.png
 
 For each part of :data:`FASHION_MNIST_PARTS` (a 6×6 box on the same garment region of one class —
 shirt collar, T-shirt sleeve, trouser waistband, sneaker toe, ankle-boot heel, bag corner), 5
@@ -29,7 +29,7 @@ matplotlib.use("Agg")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", nargs="+", default=["conv5", "fc7"])
+    parser.add_argument("--layers", nargs="+", default=["relu5", "relu7"])  # the paper's
     parser.add_argument("--sets", type=int, default=5, help="image sets per part")
     parser.add_argument("--random", type=int, default=10, help="random boxes per image set")
     parser.add_argument("--seed", type=int, default=0)

@@ -36,7 +36,7 @@ def main() -> None:
     # 3. crop images and projections to the receptive field of each projected unit
     field = receptive_field(model, args.layer, images[:1])
     proj_sets, patch_sets = [], []
-    for c in range(len(channels)):  # NaN: the part of a field outside the image, drawn blue
+    for c in range(len(channels)):  # NaN: the part of a field outside the image, drawn amber
         for source, sets in ((projections[c], proj_sets), (images[top.indices[c]], patch_sets)):
             sets.append(receptive_field_patches(source, top.locations[c], field, fill=float("nan")))
     # 4. draw: projections (contrast-stretched) left, patches right, strongest first
@@ -45,6 +45,8 @@ def main() -> None:
         patch_sets,
         labels=[f"ch {c}" for c in channels],
         title=f"{args.layer} (receptive field {field.size[0]}x{field.size[1]})",
+        percentile=98.0,  # the report's Fig. 2 contrast
+        outside="#e8a33d",  # padding: amber, with a legend
     )
     fig.savefig(args.out, dpi=120)
     print(f"wrote {args.out}; strongest activations per channel:")

@@ -212,3 +212,25 @@ def test_plot_invariance_layout():
     assert len(fig.axes) == 2 * 4  # columns: transforms; rows: strip, 2 layers, probability
     fig_no_strip = plot_invariance(result)
     assert len(fig_no_strip.axes) == 2 * 3
+
+
+def test_first_of_classes_picks_the_first_image_of_each_class():
+    from deconvnet_attr.analysis.invariance import first_of_classes
+
+    labels = torch.tensor([3, 1, 1, 0, 3, 2, 4, 0])
+    assert first_of_classes(labels, [0, 3, 9]).tolist() == [3, 0]  # 9 is absent
+    # spread over the classes present (0..4): linspace(0, 4, 3) -> classes 0, 2, 4
+    assert first_of_classes(labels, count=3).tolist() == [3, 5, 6]
+    assert first_of_classes(labels, count=9).tolist() == [3, 1, 5, 0, 6]
+    with pytest.raises(ValueError, match="count"):
+        first_of_classes(labels, count=0)
+
+
+def test_plot_invariance_can_show_a_strip_per_image():
+    model, images = small_cnn(), centred_images(2)
+    result = invariance_curves(
+        model, images, torch.tensor([0, 1]), ["conv1", "fc"], transforms={"rotation": [0, 90]}
+    )
+    fig = plot_invariance(result, images, class_names=["a", "b"], all_strips=True)
+    assert len(fig.axes) == 2 + 3  # one column: 2 strips, 2 layers, probability
+    assert [ax.get_ylabel() for ax in fig.axes[:2]] == ["a", "b"]

@@ -15,16 +15,20 @@ from torch.utils.data import TensorDataset
 from deconvnet_attr.ablation import PAPER_GROUPS, AccuracyTable
 from deconvnet_attr.analysis.correspondence import FASHION_MNIST_PARTS, part_images
 from deconvnet_attr.data import load_eval_subset
+from deconvnet_attr.geometry import receptive_field
 from deconvnet_attr.mining import top_activations
 from deconvnet_attr.models import create_model, load_reference, zfnet_fashion
+from deconvnet_attr.occlusion import OcclusionMaps
 from deconvnet_attr.report import (
     ReportContext,
     ablation_section,
     build_report,
     evolution_section,
     feature_grid_section,
+    field_coverage,
     html_table,
     main,
+    occlusion_examples,
     record_table,
     with_input_normalization,
 )
@@ -266,3 +270,49 @@ def test_record_tables_are_rendered_from_their_cells_not_their_csv():
         "<tr><td>intact</td><td>75.00</td><td>0.00</td></tr>"
         "<tr><td>a, &quot;b&quot;</td><td>50.00</td><td>25.00</td></tr></tbody></table>"
     )
+
+
+def _sweep(target: int, clean: int, changed: int) -> OcclusionMaps:
+    """A 2x2 occlusion sweep whose label map differs from ``clean`` at ``changed`` positions."""
+    label = torch.full((4,), clean)
+    label[:changed] = clean + 1
+    return OcclusionMaps(
+        feature=torch.zeros(2, 2),
+        probability=torch.zeros(2, 2),
+        label=label.view(2, 2),
+        layer="relu5",
+        channel=0,
+        target=target,
+        rows=torch.tensor([0, 1]),
+        cols=torch.tensor([0, 1]),
+        window=(1, 1),
+        clean_feature=0.0,
+        clean_probability=0.0,
+        clean_label=clean,
+    )
+
+
+def test_occlusion_examples_are_right_first_of_a_class_and_change_label_most():
+    sweeps = [_sweep(0, 0, 2), _sweep(0, 0, 3), _sweep(1, 2, 4), _sweep(3, 3, 0), _sweep(4, 4, 1)]
+    targets = torch.tensor([s.target for s in sweeps])
+    chosen, changed = occlusion_examples(sweeps, targets, count=3)
+    # by hand: #2 is misclassified, #3 never changes, #0 has the class of #1 (which changes more)
+    assert chosen == [1, 4]
+    torch.testing.assert_close(changed, torch.tensor([0.5, 0.75, 1.0, 0.0, 0.25]).double())
+    assert occlusion_examples(sweeps, targets, count=1)[0] == [1]
+
+
+def test_field_coverage_counts_the_units_that_see_the_whole_image(tmp_path):
+    ctx = _small_context(tmp_path, "coverage")  # 28x28 images
+    # conv5 of zfnet_fashion: by hand from its convs and pools (k, s, p): conv1 (7,1,3),
+    # pool1 (3,2,1), conv2 (5,1,2), pool2 (3,2,1), conv3-5 (3,1,1) -> size 45, stride 4, offset -22
+    field = receptive_field(ctx.model, "conv5", torch.zeros(1, 1, 28, 28))
+    assert (field.size, field.stride, field.offset) == ((45, 45), (4, 4), (-22, -22))
+    # a 7x7 map; unit i sees rows -22 + 4i ... 22 + 4i: the whole 0..27 for i = 2..5 (4 of 7)
+    assert field_coverage(ctx, "conv5", field) == (
+        "The 45×45 receptive field is larger than the 28×28 image: 16 of the 49 units see the "
+        "whole image."
+    )
+    small = receptive_field(ctx.model, "conv1", torch.zeros(1, 1, 28, 28))
+    assert field_coverage(ctx, "conv1", small) == "Receptive field 7×7 on the 28×28 image."
+    assert field_coverage(ctx, "conv1", None) == ""

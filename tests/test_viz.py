@@ -12,6 +12,7 @@ from deconvnet_attr.viz import (
     image_display,
     plot_evolution,
     plot_feature_grid,
+    tile_grid,
 )
 
 
@@ -102,3 +103,55 @@ def test_evolution_grid_has_a_column_per_epoch():
     )
     with pytest.raises(ValueError, match=r"2 epochs"):
         plot_evolution(projections, [1, 2])
+
+
+def test_tile_grid_places_tiles_row_major_with_white_gaps():
+    tiles = np.stack([np.full((2, 3), v / 10) for v in range(5)])  # five 2x3 tiles
+    grid = tile_grid(tiles)
+    # by hand: ceil(sqrt(5)) = 3 columns, 2 rows of 2x3 tiles, 1-pixel gaps -> (5, 11)
+    assert grid.shape == (2 * 2 + 1, 3 * 3 + 2)
+    for j in range(5):
+        r, c = divmod(j, 3)
+        assert (grid[r * 3 : r * 3 + 2, c * 4 : c * 4 + 3] == j / 10).all()
+    assert (grid[2] == 1.0).all() and (grid[3:, 8:] == 1.0).all()  # gap row, unused cell
+    with pytest.raises(ValueError, match=r"\(0, 2, 3\)"):
+        tile_grid(np.zeros((0, 2, 3)))
+
+
+def test_occlusion_figure_tiles_projections_and_fixes_the_probability_scale():
+    from deconvnet_attr.occlusion import OcclusionMaps
+    from deconvnet_attr.viz import plot_occlusion_maps
+
+    maps = OcclusionMaps(
+        feature=torch.rand(3, 3),
+        probability=torch.full((3, 3), 0.9995),  # nearly constant: auto-scaling would stretch it
+        label=torch.zeros(3, 3, dtype=torch.long),
+        layer="relu5",
+        channel=2,
+        target=0,
+        rows=torch.tensor([0, 4, 8]),
+        cols=torch.tensor([0, 4, 8]),
+        window=(8, 8),
+        clean_feature=1.0,
+        clean_probability=1.0,
+        clean_label=0,
+    )
+    fig = plot_occlusion_maps(torch.rand(1, 16, 16), maps, projection=torch.randn(5, 1, 16, 16))
+    panel_c, panel_d = fig.axes[2].images[0], fig.axes[3].images[0]
+    assert panel_c.get_array().shape == (2 * 17 - 1, 3 * 17 - 1)  # 5 tiles in a 3-column grid
+    assert panel_d.get_clim() == (0.0, 1.0)
+
+
+def test_feature_block_paints_outside_pixels_opaque_in_their_own_colour():
+    projections = torch.randn(4, 1, 3, 3)
+    projections[1, 0, 0, :] = float("nan")  # outside the image: the top row of tile 1
+    patches = torch.rand(4, 1, 3, 3)
+    patches[1, 0, 0, :] = float("nan")
+    block = feature_block(projections, patches, outside=(1.0, 0.5, 0.0))
+    w = 3  # 2x2 tiles of 3x3; tile 1 starts at column w + 1, the patches at 2 * (w + 1) - 1 + w
+    np.testing.assert_array_equal(block[0, w + 1 : 2 * w + 1], [[1.0, 0.5, 0.0, 1.0]] * 3)
+    right = 2 * (w + 1) - 1 + w + (w + 1)
+    np.testing.assert_array_equal(block[0, right : right + w], [[1.0, 0.5, 0.0, 1.0]] * 3)
+    assert block[1, w + 1, 3] == 1.0 and block[w, 0, 3] == 0.0  # inside opaque, gap transparent
+    fig = plot_feature_grid([projections], [patches], outside="#ff8000")
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["outside the image (padding)"]

@@ -23,9 +23,11 @@ from deconvnet_attr.analysis.features import _describe, flat_layer_outputs
 from deconvnet_attr.taps import LayerSpec, display_name, resolve_layers
 
 __all__ = [
+    "FASHION_MNIST_FIG5_CLASSES",
     "InvarianceCurve",
     "InvarianceResult",
     "default_transforms",
+    "first_of_classes",
     "invariance_curves",
     "transform_images",
 ]
@@ -33,6 +35,31 @@ __all__ = [
 TRANSFORMS = ("translation", "scale", "rotation")
 """Built-in transforms: vertical translation in pixels (positive = down), scale factor about the
 image centre (> 1 zooms in), rotation in degrees (counter-clockwise)."""
+
+
+FASHION_MNIST_FIG5_CLASSES = (0, 1, 7, 8, 9)
+"""The Fashion-MNIST classes of the Fig. 5 images (report, docs and ``examples/invariance.py``):
+T-shirt/top, trouser, sneaker, bag, ankle boot -- five different shapes, as the paper's five
+images are five different objects (classes 0-4 would be four upper-body garments)."""
+
+
+def first_of_classes(
+    labels: Tensor, classes: Sequence[int] | None = None, count: int = 5
+) -> Tensor:
+    """Indices ``(n,)`` into ``labels`` ``(N,)`` of the first image of each of ``classes``
+    (those present, in the given order), or, with ``classes=None``, of ``count`` classes spread
+    evenly over the sorted classes present (the first and last included)."""
+    if not isinstance(labels, Tensor) or labels.dim() != 1:
+        raise ValueError(f"labels must be an (N,) tensor, got {_describe(labels)}")
+    present = labels.unique().tolist()
+    if classes is None:
+        if count < 1:
+            raise ValueError(f"count must be positive, got {count!r}")
+        spread = torch.linspace(0, len(present) - 1, min(count, len(present))).round().long()
+        classes = [present[i] for i in spread.tolist()]
+    return torch.tensor(
+        [int((labels == c).nonzero()[0]) for c in classes if c in present], dtype=torch.long
+    )
 
 
 def default_transforms(height: int) -> dict[str, Tensor]:

@@ -21,15 +21,23 @@ from .build import build_report, mine_layers
 from .cli import context_from_args, load_weights, main, parse_args, with_input_normalization
 from .context import Mined, ReportContext, Section, SectionBuilder
 from .html import html_table, record_table
+from .paper_sections import fig6_section, table3_retrained_section, transfer_section
 from .sections import (
     SECTIONS,
     evolution_section,
     feature_grid_section,
+    field_coverage,
     followed_channels,
     overview_section,
     receptive_field_section,
 )
-from .studies import ablation_section, correspondence_section, invariance_section, occlusion_section
+from .studies import (
+    ablation_section,
+    correspondence_section,
+    invariance_section,
+    occlusion_examples,
+    occlusion_section,
+)
 
 __all__ = [
     "SECTIONS",
@@ -43,16 +51,21 @@ __all__ = [
     "correspondence_section",
     "evolution_section",
     "feature_grid_section",
+    "field_coverage",
+    "fig6_section",
     "followed_channels",
     "html_table",
     "invariance_section",
     "load_weights",
     "main",
     "mine_layers",
+    "occlusion_examples",
     "occlusion_section",
     "overview_section",
     "parse_args",
     "receptive_field_section",
+    "table3_retrained_section",
+    "transfer_section",
     "record_table",
     "with_input_normalization",
 ]

@@ -24,17 +24,20 @@ from deconvnet_attr.geometry import (
 )
 from deconvnet_attr.mining import TopActivations
 from deconvnet_attr.projection import project_top_activations
+from deconvnet_attr.taps import Taps
 from deconvnet_attr.viz import plot_evolution, plot_feature_grid
 
 from .context import Mined, ReportContext, Section, SectionBuilder
 from .guided_section import guided_comparison_section
 from .html import html_table, paragraph
+from .paper_sections import fig6_section, table3_retrained_section, transfer_section
 from .studies import ablation_section, correspondence_section, invariance_section, occlusion_section
 
 __all__ = [
     "SECTIONS",
     "evolution_section",
     "feature_grid_section",
+    "field_coverage",
     "followed_channels",
     "overview_section",
     "receptive_field_section",
@@ -117,16 +120,56 @@ def _crop(field: ReceptiveField | None, images: Tensor, locations: Tensor) -> Te
     return receptive_field_crop(field, images, locations, fill=float("nan"))
 
 
+OUTSIDE_COLOUR = "#e8a33d"
+"""Fig. 2's colour for receptive-field pixels outside the image (the layers' zero padding):
+amber, unlike the light-blue gaps between tiles, black, grey (0 in a projection) and white."""
+
+FIG2_PERCENTILE = 98.0
+"""Fig. 2 contrast: each projection scaled by one factor on both sides of 0 so that ±(this
+percentile of its |values|) reach black and white (:func:`~deconvnet_attr.viz.contrast_stretch`);
+lower than the default 99.5 because a few extreme pixels otherwise leave the rest faint grey."""
+
+
+def field_coverage(ctx: ReportContext, layer: str, field: ReceptiveField | None) -> str:
+    """A caption sentence on how much of the image the ``layer``'s units see: whether its
+    receptive field is larger than the image and how many units see all of it ("" when the
+    layer has no receptive field or no 2-d map)."""
+    example = ctx.data[0][0][None]
+    if field is None:
+        return ""
+    with torch.no_grad():
+        output = Taps(ctx.model, [layer])(example.to(next(ctx.model.parameters()).device))
+    shape = next(iter(output.values())).shape
+    if len(shape) != 4:
+        return ""
+    height, width = example.shape[-2:]
+    rows = sum(field.rows(i)[0] <= 0 and field.rows(i)[1] >= height - 1 for i in range(shape[2]))
+    cols = sum(field.cols(j)[0] <= 0 and field.cols(j)[1] >= width - 1 for j in range(shape[3]))
+    size = "×".join(str(v) for v in field.size)
+    if rows * cols == shape[2] * shape[3]:
+        return f"Every unit's {size} receptive field covers the whole {height}×{width} image."
+    if rows * cols:
+        return (
+            f"The {size} receptive field is larger than the {height}×{width} image: "
+            f"{rows * cols} of the {shape[2] * shape[3]} units see the whole image."
+        )
+    larger = field.size[0] >= height and field.size[1] >= width
+    return f"Receptive field {size} on the {height}×{width} image" + (
+        ": larger than the image, but no unit's field covers all of it." if larger else "."
+    )
+
+
 def feature_grid_section(ctx: ReportContext, mined: Mined) -> Section:
     """Fig. 2: per layer, top-k deconvnet projections beside their receptive-field patches."""
     body = [
         paragraph(
             f"For each layer, the {ctx.channels} channels with the strongest top-{ctx.k} "
             f"activations over the {len(ctx.data):,} images. Each block: left, the top-{ctx.k} "  # type: ignore[arg-type]
-            "activations projected to pixel space by the deconvnet (each contrast-stretched, grey "
-            "= 0); right, the image patches inside the receptive field of the projected unit "
-            "(blue: the part of the field outside the image). "
-            "Strongest first, row by row."
+            "activations projected to pixel space by the deconvnet, each stretched symmetrically "
+            f"around 0 (grey = 0; ±{FIG2_PERCENTILE:g}th percentile of its |values| = black / "
+            "white); right, the image patches inside the receptive field of the projected unit. "
+            "Amber: the part of the field outside the image (the layers' zero padding); light "
+            "blue: gaps between tiles. Strongest first, row by row."
         )
     ]
     for layer, top in mined.items():
@@ -145,8 +188,13 @@ def feature_grid_section(ctx: ReportContext, mined: Mined) -> Section:
             patch_sets,
             labels=[f"ch {int(c)}" for c in shown.channels],
             title=f"{layer}: top-{ctx.k} projections | receptive-field patches",
+            percentile=FIG2_PERCENTILE,
+            outside=OUTSIDE_COLOUR,
         )
         body.append(f"<h3>{html.escape(layer)}</h3>")
+        coverage = field_coverage(ctx, layer, field)
+        if coverage:
+            body.append(paragraph(coverage))
         body.append(ctx.save(fig, f"fig2-{layer}.png", f"feature grid of {layer}"))
     return Section("Top activations and their projections (Fig. 2)", "\n".join(body))
 
@@ -191,9 +239,12 @@ SECTIONS: list[SectionBuilder] = [
     feature_grid_section,
     evolution_section,
     invariance_section,
+    fig6_section,
     occlusion_section,
     correspondence_section,
     ablation_section,
+    table3_retrained_section,
+    transfer_section,
     guided_comparison_section,
 ]
 """The report's sections, in order; each builder is independent of the others."""

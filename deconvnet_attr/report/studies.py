@@ -12,9 +12,17 @@ from torch import Tensor, nn
 
 from deconvnet_attr.ablation import PAPER_GROUPS, ablation_study
 from deconvnet_attr.analysis.correspondence import correspondence_table, part_images
-from deconvnet_attr.analysis.invariance import default_transforms, invariance_curves
+from deconvnet_attr.analysis.invariance import (
+    FASHION_MNIST_FIG5_CLASSES,
+    default_transforms,
+    first_of_classes,
+    invariance_curves,
+)
+from deconvnet_attr.data import FASHION_MNIST_CLASSES
 from deconvnet_attr.deconv import DeconvProjection
-from deconvnet_attr.occlusion import occlusion_maps
+from deconvnet_attr.mining import top_activations
+from deconvnet_attr.occlusion import OcclusionMaps, occlusion_maps
+from deconvnet_attr.projection import project_top_activations
 from deconvnet_attr.taps import LayerError, Taps, resolve_layer
 from deconvnet_attr.viz import (
     plot_accuracy_table,
@@ -26,7 +34,13 @@ from deconvnet_attr.viz import (
 from .context import Mined, ReportContext, Section
 from .html import paragraph, record_table
 
-__all__ = ["ablation_section", "correspondence_section", "invariance_section", "occlusion_section"]
+__all__ = [
+    "ablation_section",
+    "correspondence_section",
+    "invariance_section",
+    "occlusion_examples",
+    "occlusion_section",
+]
 
 
 def _has_layer(model: nn.Module, name: str) -> bool:
@@ -44,15 +58,16 @@ def _low_high_layers(ctx: ReportContext, low: str, high: str) -> list[str]:
     return list(dict.fromkeys([ctx.layers[0], ctx.layers[-1]]))
 
 
-def _one_per_class(ctx: ReportContext, count: int) -> tuple[Tensor, Tensor]:
-    """Up to ``count`` images of different classes (the first of each), with their labels.
-
-    Without known labels: the first ``count`` images, labelled with the model's prediction.
-    """
+def _fig5_images(ctx: ReportContext, count: int) -> tuple[Tensor, Tensor]:
+    """Up to ``count`` images of different classes (the first of each): on Fashion-MNIST those of
+    :data:`FASHION_MNIST_FIG5_CLASSES` (the docs' images), else classes spread evenly over those
+    present, with their labels. Without known labels: the first ``count`` images, labelled with
+    the model's prediction."""
     images, labels = ctx.images()
     if ctx.has_labels:
-        firsts = [int((labels == c).nonzero()[0]) for c in labels.unique().tolist()][:count]
-        return images[firsts], labels[firsts]
+        fashion = tuple(ctx.class_names or ()) == FASHION_MNIST_CLASSES
+        picks = first_of_classes(labels, FASHION_MNIST_FIG5_CLASSES if fashion else None, count)
+        return images[picks[:count]], labels[picks[:count]]
     images = images[:count]
     device = next(ctx.model.parameters()).device
     with torch.no_grad():
@@ -62,7 +77,7 @@ def _one_per_class(ctx: ReportContext, count: int) -> tuple[Tensor, Tensor]:
 
 def invariance_section(ctx: ReportContext, mined: Mined) -> Section:
     """Fig. 5: feature distance and true-class probability under translation, scale, rotation."""
-    images, labels = _one_per_class(ctx, 2 if ctx.quick else 5)
+    images, labels = _fig5_images(ctx, 2 if ctx.quick else 5)
     layers = _low_high_layers(ctx, "conv1", "fc7")
     steps = default_transforms(images.shape[-2])
     if ctx.quick:
@@ -70,9 +85,12 @@ def invariance_section(ctx: ReportContext, mined: Mined) -> Section:
     result = invariance_curves(
         ctx.model, images, labels, layers, transforms=steps, batch_size=ctx.batch_size
     )
-    fig = plot_invariance(result, images, ctx.class_names if ctx.has_labels else None)
+    fig = plot_invariance(
+        result, images, ctx.class_names if ctx.has_labels else None, all_strips=True
+    )
     intro = paragraph(
-        f"{len(images)} images, each shifted vertically, scaled and rotated step by step. Rows: "
+        f"{len(images)} images of different classes, each shifted vertically, scaled and rotated "
+        "step by step; the top rows show five steps of each transform for every image. Then: "
         f"the Euclidean distance between the {' and '.join(layers)} feature vectors of the "
         "original and the transformed image, then the probability of the "
         + ("true class." if ctx.has_labels else "class predicted for the original image.")
@@ -83,44 +101,109 @@ def invariance_section(ctx: ReportContext, mined: Mined) -> Section:
     )
 
 
+def _occlusion_sample(ctx: ReportContext, size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The data-set indices of ``size`` images evenly spaced through the data, the images and
+    their targets (true labels, or the model's predictions without labels)."""
+    images, labels = ctx.images()
+    picked = torch.linspace(0, len(images) - 1, min(size, len(images))).round().long()
+    images, labels = images[picked], labels[picked]
+    if not ctx.has_labels:
+        device = next(ctx.model.parameters()).device
+        with torch.no_grad():
+            labels = ctx.model(images.to(device)).argmax(1).cpu()
+    return picked, images, labels
+
+
+def occlusion_examples(
+    maps: list[OcclusionMaps], targets: Tensor, count: int
+) -> tuple[list[int], Tensor]:
+    """Which occlusion sweeps to show: up to ``count`` indices into ``maps`` of different
+    targets, among the sweeps whose unoccluded image is classified as its target and whose most
+    probable class changes at some occluder position (none if no sweep qualifies), those where
+    it changes at the largest fraction of positions first; and that fraction per sweep
+    ``(len(maps),)``."""
+    changed = torch.stack([(m.label != m.clean_label).double().mean() for m in maps])
+    chosen: list[int] = []
+    for i in torch.argsort(changed, descending=True, stable=True).tolist():
+        right = maps[i].clean_label == int(targets[i])
+        if right and changed[i] > 0 and len(chosen) < count and targets[i] not in targets[chosen]:
+            chosen.append(i)
+    return chosen, changed
+
+
 def occlusion_section(ctx: ReportContext, mined: Mined) -> Section:
-    """Fig. 7: a grey square slid over three images; feature, probability and label maps."""
-    images, labels = _one_per_class(ctx, 1 if ctx.quick else 3)
+    """Fig. 7: a grey square slid over sampled images; the examples shown are those whose most
+    probable class changes under occlusion; feature, projection, probability and label maps."""
+    count, sample = (1, 16) if ctx.quick else (3, 100)
+    indices, images, targets = _occlusion_sample(ctx, sample)
     # ZFNet: the rectified layer-5 maps
     layer = "relu5" if _has_layer(ctx.model, "relu5") else ctx.layers[-1]
     height = images.shape[-2]
     window, stride = max(1, height // 4), max(1, height // 14)
-    grey = float(images.mean())  # the data's mean intensity, as the paper's grey square
+    grey = float(ctx.images()[0].mean())  # the data's mean intensity, as the paper's grey square
     device = next(ctx.model.parameters()).device
-    body = [
-        paragraph(
-            f"A {window}×{window} square of the images' mean grey slides over each image (stride "
-            f"{stride}). (b) total activation of the {layer} feature map that is strongest on the "
-            "unoccluded image, (c) that map's strongest activation projected by the deconvnet, "
-            "(d) probability of the "
-            + ("true" if ctx.has_labels else "predicted")
-            + " class, (e) most probable class — each as a function of the square's position. "
-            "The probability drops where the square hides the part the feature map responds to."
-        )
-    ]
-    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
-        maps = occlusion_maps(
+    sweeps = [
+        occlusion_maps(
             ctx.model,
             image.to(device),
             window,
             stride,
             layer,
-            target=int(label),
+            target=int(target),
             baseline=grey,
             perturbations_per_eval=ctx.batch_size,
         )
-        projection = (
-            DeconvProjection(ctx.model, resolve_layer(ctx.model, layer)[1])
-            .attribute(image[None].to(device), target=maps.channel, neuron="max")[0]
+        for image, target in zip(images, targets, strict=True)
+    ]
+    chosen, changed = occlusion_examples(sweeps, targets, count)
+    which = "true" if ctx.has_labels else "predicted"
+    body = [
+        paragraph(
+            f"A {window}×{window} square of the images' mean grey ({grey:.2f}) slides over each "
+            f"image (stride {stride}). Over {len(sweeps)} images evenly spaced through the data, "
+            f"the most probable class changes at some position of the square for "
+            f"{int((changed > 0).sum())} (mean fraction of positions {float(changed.mean()):.3f}"
+            "); shown: "
+            + (
+                f"the {len(chosen)} correctly classified ones of different classes where it "
+                "changes most"
+                if chosen
+                else f"none changes, so the first {count}"
+            )
+            + f". (b) total activation of the {layer} feature map that is strongest on the "
+            "unoccluded image, (c) that map's strongest activation projected by the deconvnet, "
+            f"then its projections from the {ctx.k - 1} images where the map is strongest over "
+            f"the data, (d) probability of the {which} class (scale fixed to [0, 1]), (e) most "
+            "probable class — (b), (d), (e) as a function of the square's position."
+        )
+    ]
+    for i, pick in enumerate(chosen or list(range(min(count, len(sweeps))))):
+        maps, image = sweeps[pick], images[pick]
+        module = resolve_layer(ctx.model, layer)[1]
+        own = (
+            DeconvProjection(ctx.model, module)
+            .attribute(image[None].to(device), target=maps.channel, neuron="max")
             .detach()
             .cpu()
         )
+        top = top_activations(
+            ctx.model,
+            layer,
+            ctx.loader(),
+            k=ctx.k,
+            channels=[maps.channel],
+            batch_size=ctx.batch_size,
+            progress=False,
+        )
+        others = project_top_activations(
+            ctx.model, layer, ctx.data, top, batch_size=ctx.batch_size, progress=False
+        )[0]
+        others_at = top.indices[0].tolist()  # -1: fewer images than k
+        keep = [j for j, at in enumerate(others_at) if at not in (-1, int(indices[pick]))]
+        projection = torch.cat([own, others[keep[: ctx.k - 1]]])
         fig = plot_occlusion_maps(image, maps, ctx.class_names, projection=projection)
+        changed_at = float(changed[pick])
+        body.append(paragraph(f"Label changes at {changed_at:.0%} of the square's positions."))
         body.append(ctx.save(fig, f"fig7-occlusion-{i}.png", "occlusion maps"))
     return Section("Occlusion sensitivity (Fig. 7)", "\n".join(body))
 
@@ -143,7 +226,8 @@ def correspondence_section(ctx: ReportContext, mined: Mined) -> Section | None:
     )
     if not usable:
         return Section(title, paragraph(note))
-    layers = _low_high_layers(ctx, "conv5", "fc7")
+    # the paper's rectified layer-5 and layer-7 features, when the model has them
+    layers = _low_high_layers(ctx, "relu5", "relu7")
     table = correspondence_table(
         ctx.model,
         images,
