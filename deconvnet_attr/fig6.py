@@ -26,7 +26,7 @@ from .models.reference import load_model
 from .models.zfnet import ZFNet
 from .projection import project_top_activations, receptive_field_patches
 from .tables import RecordTable
-from .viz_filters import plot_filter_panels
+from .viz.filters import plot_filter_panels
 
 __all__ = [
     "FIG6_UPSAMPLE",

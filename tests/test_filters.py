@@ -21,7 +21,7 @@ from deconvnet_attr.data import load_eval_subset, upsample_images
 from deconvnet_attr.fig6 import FIG6_VARIANTS, fig6_table, load_fig6_models
 from deconvnet_attr.models import load_model
 from deconvnet_attr.train import main as train_main
-from deconvnet_attr.viz_filters import filter_mosaic, plot_filter_panels, weight_tiles
+from deconvnet_attr.viz.filters import filter_mosaic, plot_filter_panels, weight_tiles
 
 
 def gabor(size: int = 7, freq: float = 0.06, sigma: float = 1.5, theta: float = 0.3) -> np.ndarray:

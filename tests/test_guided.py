@@ -24,7 +24,7 @@ from deconvnet_attr.report import ReportContext
 from deconvnet_attr.report.guided_section import guided_comparison_section
 from deconvnet_attr.rules import GUIDED
 from deconvnet_attr.taps import LayerError
-from deconvnet_attr.viz_guided import (
+from deconvnet_attr.viz.guided import (
     METHODS,
     guided_comparison_figure,
     guided_comparison_maps,

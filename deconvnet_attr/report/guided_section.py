@@ -1,5 +1,5 @@
 """The report's guided-backpropagation section: gradient vs deconvnet vs guided backprop vs
-Guided Grad-CAM for the same images (:func:`~deconvnet_attr.viz_guided.guided_comparison_figure`).
+Guided Grad-CAM for the same images (:func:`~deconvnet_attr.viz.guided.guided_comparison_figure`).
 
 Builder as in :mod:`.sections`: ``builder(ctx, mined) -> Section | None``; it does not use the
 mined top activations.
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import html
 
-from deconvnet_attr.viz_guided import guided_comparison_figure, last_conv_layer
+from deconvnet_attr.viz.guided import guided_comparison_figure, last_conv_layer
 
 from .context import Mined, ReportContext, Section
 from .html import paragraph
-from .studies import _one_per_class
+from .studies import examples_of_classes
 
 __all__ = ["guided_comparison_section"]
 
@@ -26,7 +26,7 @@ def guided_comparison_section(ctx: ReportContext, mined: Mined) -> Section | Non
         layer = last_conv_layer(ctx.model)
     except ValueError:
         return None
-    images, targets = _one_per_class(ctx, 3 if ctx.quick else 6)
+    images, targets = examples_of_classes(ctx, 3 if ctx.quick else 6)
     device = next(ctx.model.parameters()).device
     fig = guided_comparison_figure(
         ctx.model,

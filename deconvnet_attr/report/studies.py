@@ -58,7 +58,7 @@ def _low_high_layers(ctx: ReportContext, low: str, high: str) -> list[str]:
     return list(dict.fromkeys([ctx.layers[0], ctx.layers[-1]]))
 
 
-def _fig5_images(ctx: ReportContext, count: int) -> tuple[Tensor, Tensor]:
+def examples_of_classes(ctx: ReportContext, count: int) -> tuple[Tensor, Tensor]:
     """Up to ``count`` images of different classes (the first of each): on Fashion-MNIST those of
     :data:`FASHION_MNIST_FIG5_CLASSES` (the docs' images), else classes spread evenly over those
     present, with their labels. Without known labels: the first ``count`` images, labelled with
@@ -77,7 +77,7 @@ def _fig5_images(ctx: ReportContext, count: int) -> tuple[Tensor, Tensor]:
 
 def invariance_section(ctx: ReportContext, mined: Mined) -> Section:
     """Fig. 5: feature distance and true-class probability under translation, scale, rotation."""
-    images, labels = _fig5_images(ctx, 2 if ctx.quick else 5)
+    images, labels = examples_of_classes(ctx, 2 if ctx.quick else 5)
     layers = _low_high_layers(ctx, "conv1", "fc7")
     steps = default_transforms(images.shape[-2])
     if ctx.quick:

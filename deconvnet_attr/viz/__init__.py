@@ -4,7 +4,8 @@ accuracy bar charts, transfer curves.
 Functions return a :class:`matplotlib.figure.Figure` and never reach into attribution
 internals: they draw tensors and result tables produced by the public API. One module per figure
 family: :mod:`.common` (display scaling), :mod:`.features` (Figs. 2, 4), :mod:`.occlusion`
-(Fig. 7), :mod:`.studies` (Fig. 5, Tables 1 and 3), :mod:`.transfer` (Fig. 9).
+(Fig. 7), :mod:`.studies` (Fig. 5, Tables 1 and 3), :mod:`.transfer` (Fig. 9), :mod:`.filters`
+(Fig. 6), :mod:`.guided` (gradient vs deconvnet vs guided backpropagation).
 """
 
 from .common import contrast_stretch, image_display, tile_grid

@@ -14,11 +14,12 @@ from captum.attr import Saliency
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from .deconv import Deconvolution
-from .guided import GuidedBackprop, GuidedGradCam
-from .state import preserved_state
-from .taps import LayerSpec, resolve_layer
-from .viz import _show, contrast_stretch, image_display
+from deconvnet_attr.deconv import Deconvolution
+from deconvnet_attr.guided import GuidedBackprop, GuidedGradCam
+from deconvnet_attr.state import preserved_state
+from deconvnet_attr.taps import LayerSpec, resolve_layer
+
+from .common import _show, contrast_stretch, image_display
 
 __all__ = ["METHODS", "guided_comparison_figure", "guided_comparison_maps", "last_conv_layer"]
 

@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from .viz import contrast_stretch
+from .common import contrast_stretch
 
 __all__ = ["filter_mosaic", "plot_filter_panels", "weight_tiles"]
 
