@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from functools import partial
+from typing import cast
 
 import torch
 from captum.attr import PerturbationAttribution
@@ -81,7 +83,7 @@ def _as_group(model: object, entry: LayerOrGroup, where: str) -> dict[nn.Module,
         raise TypeError(
             f"{where}={entry!r}: layer names need forward_func to be the model (an nn.Module)"
         )
-    return {module: type(module).__name__ for module in group}
+    return {cast(nn.Module, module): type(module).__name__ for module in group}
 
 
 class _Splice:
@@ -298,8 +300,17 @@ class LayerAblation(PerturbationAttribution):
         return torch.cat(columns, dim=1)
 
 
+def _broadcast(fill: Tensor, out: Tensor) -> Tensor:
+    """``fill`` (the layer's mean output) in ``out``'s dtype/device, broadcast to its shape."""
+    return fill.to(out).expand_as(out)
+
+
 def _layer_means(
-    model: nn.Module, data: object, layers: Sequence[nn.Module], batch_size: int, device: object
+    model: nn.Module,
+    data: tuple[Tensor, Tensor] | Iterable[tuple[Tensor, Tensor]],
+    layers: Sequence[nn.Module],
+    batch_size: int,
+    device: torch.device | str,
 ) -> dict[nn.Module, Tensor]:
     """Mean output of each layer over the data set (mean over examples, all other dims kept;
     a layer called several times per forward pass sums every call, as it is ablated at each)."""
@@ -361,13 +372,14 @@ def ablation_study(
         def mean_ablated() -> ExitStack:
             stack = ExitStack()
             for m in group:
-                fill = means[m]
-                stack.enter_context(ablated(model, m, lambda out, f=fill: f.to(out).expand_as(out)))
+                stack.enter_context(ablated(model, m, partial(_broadcast, means[m])))
             return stack
 
         return mean_ablated
 
-    configurations = {"intact": (model, nullcontext)}
+    configurations: dict[str, tuple[nn.Module, Callable[[], AbstractContextManager]]] = {
+        "intact": (model, nullcontext)
+    }
     configurations |= {name: (model, configuration(g)) for name, g in resolved.items()}
     return accuracies(configurations, data, topk, batch_size, show_progress)
 

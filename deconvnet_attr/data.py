@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,7 +55,14 @@ FASHION_MNIST_CLASSES = (
     "Ankle boot",
 )
 _APT_HINT = "install it with `apt-get install -y dataset-fashion-mnist`"
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_DTYPES: dict[int, Any] = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
 _SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 from captum.attr import GradientAttribution, NeuronAttribution
@@ -189,7 +189,7 @@ class DeconvProjection(GradientAttribution):
                 selected = (
                     output.reshape(output.shape[0], -1)
                     if index.shape[1] == 0
-                    else (output[(rows, *index.unbind(1))])
+                    else output[(rows,) + tuple(index.unbind(1))]
                 )
                 grads = torch.autograd.grad(selected.sum(), leaves, allow_unused=True)
             else:
@@ -204,7 +204,8 @@ class DeconvProjection(GradientAttribution):
     def _layer_output(self, inputs: tuple[Tensor, ...], additional_forward_args: Any) -> Tensor:
         """Run the forward pass up to (and including) the layer's first call; return its output."""
         extra = _format_additional_forward_args(additional_forward_args) or ()
-        taps = Taps(self.model, [self.layer], stop=True, min_dim=2)
+        layer = cast(nn.Module, self.layer)
+        taps = Taps(self.model, [layer], stop=True, min_dim=2)
         act = taps.run(lambda: self.forward_func(*inputs, *extra)).outputs[self.layer_name]
         if not act.requires_grad:
             raise ValueError(f"layer {self.layer_name!r} output does not depend on the inputs")

@@ -101,7 +101,9 @@ def _batches(
     return iterable_batches(), length
 
 
-def _select(values: Tensor, indices: Tensor, locations: Tensor, k: int) -> tuple[Tensor, ...]:
+def _select(
+    values: Tensor, indices: Tensor, locations: Tensor, k: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """Keep the ``k`` best distinct images per row: value descending, then position ascending.
 
     ``values``/``indices``: ``(C, M)``; ``locations``: ``(C, M, S)``. Entries with a negative
@@ -131,7 +133,9 @@ def _select(values: Tensor, indices: Tensor, locations: Tensor, k: int) -> tuple
     )
 
 
-def _merge_ranks(values: Tensor, indices: Tensor, locations: Tensor, k: int) -> tuple[Tensor, ...]:
+def _merge_ranks(
+    values: Tensor, indices: Tensor, locations: Tensor, k: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """Gather every rank's top-k (padded to exactly k) and select the global top-k."""
     pad = k - values.shape[1]
     values = torch.cat([values, values.new_full((values.shape[0], pad), -float("inf"))], 1)
@@ -145,7 +149,7 @@ def _merge_ranks(values: Tensor, indices: Tensor, locations: Tensor, k: int) -> 
         parts = [torch.empty_like(local) for _ in range(world)]
         dist.all_gather(parts, local.contiguous())
         gathered.append(torch.cat(parts, dim=1))
-    return _select(*gathered, k)
+    return _select(gathered[0], gathered[1], gathered[2], k)
 
 
 def top_activations(
@@ -245,7 +249,7 @@ def _mine(
 
     batches, length = _batches(data, batch_size, rank, world)
     chosen: list[Tensor] = []
-    best: list[tuple[Tensor, ...]] = []
+    best: list[tuple[Tensor, Tensor, Tensor]] = []
     with torch.no_grad(), preserved_state(model):
         for inputs, positions in tqdm(
             batches, total=length, desc="top activations", disable=not progress or rank != 0
@@ -262,8 +266,10 @@ def _mine(
                 if len(best) == i:
                     best.append(_select(*candidates, k))
                 else:
-                    pairs = zip(best[i], candidates, strict=True)
-                    best[i] = _select(*(torch.cat(pair, dim=1) for pair in pairs), k)
+                    v, j, loc = (
+                        torch.cat(pair, dim=1) for pair in zip(best[i], candidates, strict=True)
+                    )
+                    best[i] = _select(v, j, loc, k)
 
     if distributed:
         if not best:

@@ -124,7 +124,7 @@ class Occlusion(CaptumOcclusion):
         self.last_run: OcclusionRun | None = None
 
     @log_usage()
-    def attribute(  # type: ignore[override]
+    def attribute(
         self,
         inputs: TensorOrTupleOfTensorsGeneric,
         sliding_window_shapes: tuple[int, ...] | tuple[tuple[int, ...], ...],

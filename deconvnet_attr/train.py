@@ -36,8 +36,10 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sized
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -67,7 +69,7 @@ from .data import (
 )
 from .models.factory import create_model
 from .models.reference import ARCH_CONFIGS, ARCHS, save_model
-from .models.zfnet import REMOVABLE_LAYERS
+from .models.zfnet import REMOVABLE_LAYERS, ZFNet
 
 __all__ = ["main", "parse_args", "translate_flip"]
 
@@ -228,11 +230,18 @@ def load_data(args: argparse.Namespace) -> Data:
             train_x, train_y = train_x[: args.train_subset], train_y[: args.train_subset]
         test_x, test_y = load_fashion_mnist("test", **root)
         if factor == 1:
-            train, val = TensorDataset(train_x, train_y), TensorDataset(test_x, test_y)
-        else:
-            train = UpsampledImages(train_x, train_y, factor)
-            val = UpsampledImages(test_x, test_y, factor)
-        return Data(train, val, FASHION_MNIST_CLASSES, tensor_augment=True)
+            return Data(
+                TensorDataset(train_x, train_y),
+                TensorDataset(test_x, test_y),
+                FASHION_MNIST_CLASSES,
+                tensor_augment=True,
+            )
+        return Data(
+            UpsampledImages(train_x, train_y, factor),
+            UpsampledImages(test_x, test_y, factor),
+            FASHION_MNIST_CLASSES,
+            tensor_augment=True,
+        )
     path = Path(args.data)
     if not path.is_dir():
         raise FileNotFoundError(f"--data: directory not found: {path}")
@@ -293,7 +302,8 @@ def evaluate(
     model: nn.Module, data: Dataset, env: Distributed, batch_size: int, workers: int
 ) -> tuple[float, float]:
     """Mean cross-entropy and top-1 accuracy over ``data``, sharded across processes."""
-    shard = Subset(data, range(env.rank, len(data), env.world))
+    size = len(cast(Sized, data))
+    shard = Subset(data, range(env.rank, size, env.world))
     loader = DataLoader(shard, batch_size=batch_size, num_workers=workers)
     model.eval()
     loss_sum = correct = 0.0
@@ -304,7 +314,7 @@ def evaluate(
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(1) == y).sum().item()
     loss_sum, correct = env.sum(loss_sum, correct)
-    return loss_sum / len(data), correct / len(data)
+    return loss_sum / size, correct / size
 
 
 def _make_scheduler(args, optimizer, steps_per_epoch: int):
@@ -344,7 +354,7 @@ def train(args: argparse.Namespace) -> Path:
 
 def _train(args: argparse.Namespace, data: Data, env: Distributed) -> Path:
     torch.manual_seed(args.seed)
-    model = create_model(args.arch, len(data.classes), remove=args.remove)
+    model = cast(ZFNet, create_model(args.arch, len(data.classes), remove=args.remove))
     model.class_names = data.classes
     model.to(env.device)
     optimizer = torch.optim.SGD(
@@ -360,7 +370,7 @@ def _train(args: argparse.Namespace, data: Data, env: Distributed) -> Path:
             drop_last=True,
         )
     else:
-        base = torch.utils.data.RandomSampler(data.train, generator=torch.Generator())
+        base = torch.utils.data.RandomSampler(cast(Sized, data.train), generator=torch.Generator())
     sampler = EpochSampler(base, args.seed, args.batch_size)
     loader = DataLoader(
         Keyed(data.train, args.seed, env.rank, reseed=not data.tensor_augment),
@@ -373,7 +383,7 @@ def _train(args: argparse.Namespace, data: Data, env: Distributed) -> Path:
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise ValueError(
-            f"--batch-size {args.batch_size} exceeds the {len(data.train)} training "
+            f"--batch-size {args.batch_size} exceeds the {len(cast(Sized, data.train))} training "
             f"images per process"
         )
     scheduler = _make_scheduler(args, optimizer, steps_per_epoch)

@@ -50,7 +50,9 @@ def hamming_delta(signs: Tensor) -> Tensor:
     if signs.dim() < 2 or signs.shape[-2] < 2 or signs.shape[-1] == 0:
         raise ValueError(f"signs must be (..., n, D) with n >= 2, D >= 1; got {tuple(signs.shape)}")
     n, d = signs.shape[-2:]
-    agree = sum((signs == v).float() @ (signs == v).float().transpose(-1, -2) for v in (-1, 0, 1))
+    agree = torch.stack(
+        [(signs == v).float() @ (signs == v).float().transpose(-1, -2) for v in (-1, 0, 1)]
+    ).sum(0)
     disagreement = 1.0 - agree / d  # (..., n, n), zero diagonal
     return disagreement.sum((-1, -2)) / (n * (n - 1))
 

@@ -71,7 +71,12 @@ def write_atlas(
     (out / "static").mkdir(parents=True, exist_ok=True)
     (out / "images").mkdir(exist_ok=True)
     for asset in ("atlas.css", "atlas.js"):
-        text = resources.files("deconvnet_attr.atlas").joinpath("static", asset).read_text("utf-8")
+        text = (
+            resources.files("deconvnet_attr.atlas")
+            .joinpath("static")
+            .joinpath(asset)
+            .read_text("utf-8")
+        )
         (out / "static" / asset).write_text(text, encoding="utf-8")
     folders = _folders([layer.name for layer in layers])
     widths = {layer.name: len(str(max(layer.num_channels - 1, 0))) for layer in layers}

@@ -66,6 +66,7 @@ def plot_invariance(
     """
     transforms = list(result.curves)
     strips = [] if images is None else list(range(len(images))) if all_strips else [example]
+    shown = images if images is not None else torch.empty(0)
     rows = len(result.layers) + 1 + len(strips)
     ratios = [0.6] * len(strips) + [1.0] * (rows - len(strips))
     fig, axes = plt.subplots(
@@ -84,7 +85,7 @@ def plot_invariance(
     for col, name in enumerate(transforms):
         curve = result.curves[name]
         for row, i in enumerate(strips):
-            _draw_strip(axes[row, col], images[i : i + 1], curve, result.fill)
+            _draw_strip(axes[row, col], shown[i : i + 1], curve, result.fill)
             if all_strips and col == 0:
                 axes[row, 0].set_ylabel(labels[i], fontsize=8)
             if row:
@@ -135,10 +136,10 @@ def plot_correspondence(
     show = images is not None and labels is not None
     fig = plt.figure(figsize=(max(8.0, 1.6 * n_parts), 3.4 * n_layers + 1.8 * show))
     grid = fig.add_gridspec(n_layers + show, n_parts, height_ratios=[1.0] * show + [2.0] * n_layers)
-    if show:
+    if images is not None and labels is not None:
         for p, part in enumerate(table.parts):
             ax = fig.add_subplot(grid[0, p])
-            index = int((labels == part.label).nonzero()[0])
+            index = int(torch.nonzero(labels == part.label)[0])
             ax.imshow(image_display(images[index : index + 1])[0], cmap="gray", vmin=0, vmax=1)
             x0, y0, x1, y1 = part.pixels(*images.shape[-2:])
             box = plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="red")
