@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from deconvnet_attr.captum_compat import BaselineType, TargetType, TensorOrTupleOfTensorsGeneric
 from deconvnet_attr.geometry import layer_node
 from deconvnet_attr.incremental import IncrementalForward, RunStats
+from deconvnet_attr.incremental.cost import Estimate
 from deconvnet_attr.taps import LayerSpec, Taps, resolve_layer
 from deconvnet_attr.tracing import symbolic_trace
 
@@ -38,11 +39,13 @@ logger = logging.getLogger("deconvnet_attr.occlusion")
 @dataclass(frozen=True)
 class OcclusionRun:
     """How the last ``attribute`` call ran: ``path`` is ``"incremental"`` or ``"full"``,
-    ``reason`` why it was full (``None`` otherwise), ``stats`` the convolution work."""
+    ``reason`` why it was full (``None`` otherwise), ``stats`` the convolution work,
+    ``estimate`` the cost model's verdict (``None`` when it gave none)."""
 
     path: str
     reason: str | None
     stats: RunStats
+    estimate: Estimate | None = None
 
 
 def _traceable(forward_func: Callable[..., Any]) -> Callable[..., Any]:
@@ -102,7 +105,7 @@ class Occlusion(CaptumOcclusion):
             show_progress=show_progress,
         )
         path = "incremental" if engine.incremental else "full"
-        self.last_run = OcclusionRun(path, engine.reason, engine.stats)
+        self.last_run = OcclusionRun(path, engine.reason, engine.stats, engine.estimate)
         if self.last_run.path == "incremental":
             logger.debug(
                 "incremental inference: %d batches, theoretical conv speedup %.2fx",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,7 @@ from torch.fx import GraphModule, Interpreter, Node
 
 from deconvnet_attr.geometry.specs import node_spec
 from deconvnet_attr.geometry.window import GeometryError, OpSpec, Shaped
+from deconvnet_attr.ops import writes_input
 from deconvnet_attr.state import preserved_state
 from deconvnet_attr.tracing import symbolic_trace
 
@@ -62,6 +64,7 @@ class _Recorder(Interpreter):
     def __init__(self, module: GraphModule, keep: bool) -> None:
         super().__init__(module)
         self.keep = keep
+        self.modules = dict(module.named_modules())
         self.values: dict[Node, Any] = {}
         self.layouts: dict[Node, Any] = {}
         self.depends: set[Node] = set()
@@ -74,7 +77,7 @@ class _Recorder(Interpreter):
             if any(a in self.depends for a in n.all_input_nodes):
                 self.depends.add(n)
             args, kwargs = self.fetch_args_kwargs_from_env(n)
-            if self.keep:
+            if self.keep and _may_write(n, self.modules):
                 args, kwargs = _copy_tensors(args), _copy_tensors(kwargs)
             self.current_node = n
             result = getattr(self, n.op)(n.target, args, kwargs)
@@ -82,6 +85,26 @@ class _Recorder(Interpreter):
         if self.keep or n not in self.depends:
             self.values[n] = result
         return result
+
+
+def _may_write(node: Node, modules: dict[str, Any]) -> bool:
+    """True when ``node`` may write one of its inputs (``relu_``, ``ReLU(inplace=True)``)."""
+    if node.op == "call_module":
+        return bool(getattr(modules[node.target], "inplace", False))
+    if node.op == "call_function":
+        return writes_input(node.target) or _inplace_argument(node)
+    return node.op == "call_method" and writes_input(getattr(Tensor, str(node.target), None))
+
+
+def _inplace_argument(node: Node) -> bool:
+    """The ``inplace`` argument of a functional call (``F.relu(x, True)``); True if unknown."""
+    if node.kwargs.get("inplace") is True:
+        return True
+    try:
+        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+    except (TypeError, ValueError):  # builtins without a signature: assume the worst
+        return len(node.args) > 1 and any(a is True for a in node.args[1:])
+    return bound.arguments.get("inplace") is True
 
 
 def _copy_tensors(tree: Any) -> Any:

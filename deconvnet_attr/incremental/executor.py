@@ -32,6 +32,10 @@ class RunStats:
     conv_macs: int = 0
     conv_macs_full: int = 0
     batches: int = 0
+    #: elements read or written by rectangle bookkeeping (gathers, pastes, rectangle ops)
+    moved: int = 0
+    #: ops run on rectangles
+    rect_ops: int = 0
 
     @property
     def theoretical_speedup(self) -> float:
@@ -140,6 +144,7 @@ class Executor:
         first = _first_patch(env[inputs[0]])
         args = map_arg((node.args, node.kwargs), lambda n: _data(env[n], n, self.net))
         out = self._call(node, *args)
+        self.stats.rect_ops += 1
         return _wrap(out, first, node)
 
     def _window(self, node: Node, inputs: list[Node], env: dict[Node, Any]) -> Any:
@@ -175,6 +180,8 @@ class Executor:
             (w - 1) * window.stride[1] + window.span(1),
             spec.pad_value,
         )
+        self.stats.moved += region.numel()
+        self.stats.rect_ops += 1
         return Patch(spec.unpadded(region), top, left)
 
     def _pointwise(self, node: Node, inputs: list[Node], env: dict[Node, Any]) -> Any:
@@ -234,6 +241,8 @@ class Executor:
         )
         if not isinstance(out, Tensor) or out.shape[-2:] != (h, w):
             raise GeometryError(f"{node.name} changed the spatial size of a rectangle")
+        self.stats.moved += out.numel() * (1 + len(regions))
+        self.stats.rect_ops += 1
         return Patch(out, top, left)
 
     #: The handler of each geometry kind (``OpSpec.kind``); other kinds run on the full batch.
@@ -267,7 +276,10 @@ class Executor:
         if self.net.specs[node].kind == "meta":  # of the whole maps, not of their rectangles
             args = map_arg((node.args, node.kwargs), lambda n: self._full(n, env, copies))
             return self._call(node, *args)
-        return _whole(env[node], self.net.values[node], copies)
+        whole = _whole(env[node], self.net.values[node], copies)
+        if isinstance(whole, Tensor) and env[node] is not whole:
+            self.stats.moved += whole.numel()
+        return whole
 
 
 def _whole(value: Any, ref: Any, copies: int) -> Any:
