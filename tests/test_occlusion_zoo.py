@@ -80,6 +80,7 @@ OPS = {
     "ceil-pools": lambda m, x: (
         F.max_pool2d(x, 3, 2, ceil_mode=True) + F.avg_pool2d(x, 2, 2, ceil_mode=True)
     ),
+    "avg-pool-without-padding": lambda m, x: F.avg_pool2d(x, 3, 1, 1, count_include_pad=False),
     "resample": lambda m, x: F.interpolate(x, scale_factor=2.0),
     "squeeze-excitation": lambda m, x: x * torch.sigmoid(x.mean((2, 3), keepdim=True)),
     "group-norm": lambda m, x: F.group_norm(x, 2),

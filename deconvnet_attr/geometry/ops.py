@@ -87,8 +87,13 @@ def avg_pool_spec(
     window = Window(kernel, stride, padding)
     if structural:
         return OpSpec("window", window)
+    scale = None
     if not count_include_pad and any(padding):
-        return OpSpec("opaque", window, reason="average pooling with count_include_pad=False")
+        if in_shape is None or divisor_override is not None:
+            return OpSpec("opaque", window, reason="average pooling with count_include_pad=False")
+        ones = torch.ones(1, 1, *in_shape[-2:])
+        inside = F.avg_pool2d(ones, kernel, stride, padding, ceil_mode, True, 1)[0, 0]
+        scale = kernel[0] * kernel[1] / inside
     if ceil_mode and in_shape is not None and out_shape is not None:
         floor_out = [
             (in_shape[-2 + d] + 2 * padding[d] - kernel[d]) // stride[d] + 1 for d in range(2)
@@ -99,7 +104,7 @@ def avg_pool_spec(
     def unpadded(region: Tensor) -> Tensor:
         return F.avg_pool2d(region, kernel, stride, 0, False, True, divisor_override)
 
-    return OpSpec("window", window, unpadded, 0.0)
+    return OpSpec("window", window, unpadded, 0.0, scale=scale)
 
 
 def pad_spec(pad: Any, mode: str, value: float | None) -> OpSpec:

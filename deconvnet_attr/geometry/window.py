@@ -80,8 +80,10 @@ class OpSpec:
     * ``"input"`` -- a placeholder;
     * ``"window"`` -- convolution, pooling, constant padding: ``window``'s arithmetic;
       ``unpadded`` computes the op on an already padded region (padding 0), ``pad_value`` is the
-      value the op's own padding stands for (0, -inf for max pooling, the fill of ``F.pad``) and
-      ``macs`` the multiply-accumulates per output element (convolutions; 0 otherwise);
+      value the op's own padding stands for (0, -inf for max pooling, the fill of ``F.pad``),
+      ``macs`` the multiply-accumulates per output element (convolutions; 0 otherwise) and
+      ``scale`` an (H_out, W_out) factor of each output unit (average pooling that does not
+      count the padding: kernel area / units inside the image), or None;
     * ``"pointwise"`` -- output unit (i, j) depends on input unit (i, j) only;
     * ``"merge"`` -- same-sized maps combined unit by unit (add, mul, channel concat);
     * ``"layout"`` -- a reshape / split / index / channel reduction that keeps the batch dim
@@ -96,6 +98,7 @@ class OpSpec:
     pad_value: float = 0.0
     macs: int = 0
     reason: str = ""
+    scale: Tensor | None = None
 
 
 POINTWISE = OpSpec("pointwise")

@@ -182,7 +182,10 @@ class Executor:
         )
         self.stats.moved += region.numel()
         self.stats.rect_ops += 1
-        return Patch(spec.unpadded(region), top, left)
+        out = spec.unpadded(region)
+        if spec.scale is not None:  # per output unit (average pooling without the padding)
+            out = out * gather(spec.scale.to(out)[None, None], None, top, left, h, w, 1.0)
+        return Patch(out, top, left)
 
     def _pointwise(self, node: Node, inputs: list[Node], env: dict[Node, Any]) -> Any:
         """Pointwise ops and merges: run the op on the (common bounding box of the) patches."""
