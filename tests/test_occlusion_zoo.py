@@ -189,8 +189,8 @@ def test_cost_model_verdict_and_batches_of_images():
     Captum's whichever path ran."""
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None).eval()
-    x = torch.rand(2, 3, 64, 64)
-    kwargs = dict(sliding_window_shapes=(3, 8, 8), strides=8, target=3, perturbations_per_eval=8)
+    x = torch.rand(2, 3, 96, 96)  # 16 samples of 96x96: ~5e9 MACs per batch, a verdict
+    kwargs = dict(sliding_window_shapes=(3, 16, 16), strides=16, target=3, perturbations_per_eval=8)
     expected = CaptumOcclusion(model).attribute(x, **kwargs)
     occlusion = Occlusion(model)
     got = occlusion.attribute(x, **kwargs)
@@ -217,5 +217,5 @@ def test_estimate_arithmetic():
     assert e.chosen and e.speedup == pytest.approx(4e9 / expected)
     slow = estimate(RunStats(conv_macs=4 * 10**9, conv_macs_full=4 * 10**9), 2)
     assert not slow.chosen and "cost model" in str(slow)
-    tiny = estimate(RunStats(conv_macs=10**6, conv_macs_full=10**6), 1)
+    tiny = estimate(RunStats(conv_macs=10**9, conv_macs_full=10**9), 1)
     assert tiny.chosen and not tiny.decided

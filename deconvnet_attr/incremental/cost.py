@@ -29,9 +29,9 @@ PER_ELEMENT = 12.0
 PER_OP = 4.0e5
 #: Required margin: incremental is chosen when it is estimated this much faster.
 MARGIN = 1.1
-#: Below this many full-recomputation MACs per batch (tens of milliseconds on one core) either
-#: path is quick and the incremental plan is kept without a verdict.
-DECIDED_FROM = 1.0e9
+#: Below this many full-recomputation MACs per batch (about 0.1 s of one core) either path is
+#: quick and the incremental plan is kept without a verdict (small inputs stay incremental).
+DECIDED_FROM = 4.0e9
 
 
 def efficiency(threads: int) -> float:
