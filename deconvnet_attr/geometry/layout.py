@@ -54,6 +54,7 @@ def _spatial_kept(in_shape: Any, out: Any) -> bool:
 def _dims(node: Node, name: str, ndim: int) -> list[int] | None:
     """The dims the call names, normalised to ``0 .. ndim - 1`` (None: every dim)."""
     dims: list[int] = []
+    value: Any
     for position, keyword in _DIM_ARGS[name]:
         if keyword in node.kwargs:
             value = node.kwargs[keyword]
@@ -63,7 +64,7 @@ def _dims(node: Node, name: str, ndim: int) -> list[int] | None:
             value = _DIM_DEFAULTS.get(keyword, _DIM_DEFAULTS.get(name))
         if value is None:
             return None
-        values = value if isinstance(value, list | tuple) else [value]
+        values: Any = value if isinstance(value, list | tuple) else [value]
         if not all(isinstance(v, int) for v in values):
             return None
         dims += [v % ndim for v in values]
@@ -84,7 +85,7 @@ def _index_keeps_space(index: Any, ndim: int) -> bool:
 
 
 def _permute_keeps_space(node: Node, ndim: int) -> bool:
-    dims = node.kwargs.get("dims", node.args[1:])
+    dims: Any = node.kwargs.get("dims", node.args[1:])
     if len(dims) == 1 and isinstance(dims[0], list | tuple):
         dims = dims[0]
     if len(dims) != ndim or not all(isinstance(d, int) for d in dims):

@@ -110,16 +110,14 @@ def _module_spec(module: nn.Module, node: Node, layouts: dict, structural: bool)
     kind = op_kind(module)
     in_shape = _shape(layouts, node.args[0] if node.args else None)
     out_shape = _shape(layouts, node)
+    m: Any = module  # its attributes, untyped in nn.Module
     if kind is OpKind.CONV:
-        m = module
         return conv_spec(
             m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups, m.padding_mode
         )
     if kind is OpKind.MAX_POOL:
-        m = module
         return max_pool_spec(m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices)
     if kind is OpKind.AVG_POOL:
-        m = module
         return avg_pool_spec(
             m.kernel_size,
             m.stride,
@@ -211,7 +209,7 @@ def _function_spec(
     if kind is OpKind.MERGE:
         return MERGE
     if kind is OpKind.CONCAT:
-        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        tensors: Any = node.args[0] if node.args else node.kwargs.get("tensors")
         dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
         ndim = {len(_shape(layouts, t) or ()) or -1 for t in tensors}
         if ndim == {4} and dim in (1, -3):
