@@ -34,6 +34,7 @@ from deconvnet_attr.captum_compat import (
 from deconvnet_attr.checks import check_target
 from deconvnet_attr.geometry import layer_node
 from deconvnet_attr.incremental import IncrementalForward, RunStats
+from deconvnet_attr.incremental.cost import Estimate
 from deconvnet_attr.occlusion_args import TargetChecked, check_baselines, check_windows
 from deconvnet_attr.state import preserved_forward_state, preserved_state
 from deconvnet_attr.taps import LayerSpec, Taps, resolve_layer
@@ -47,11 +48,13 @@ logger = logging.getLogger("deconvnet_attr.occlusion")
 @dataclass(frozen=True)
 class OcclusionRun:
     """How the last ``attribute`` call ran: ``path`` is ``"incremental"`` or ``"full"``,
-    ``reason`` why it was full (``None`` otherwise), ``stats`` the convolution work."""
+    ``reason`` why it was full (``None`` otherwise), ``stats`` the convolution work,
+    ``estimate`` the cost model's verdict (``None`` when it gave none)."""
 
     path: str
     reason: str | None
     stats: RunStats
+    estimate: Estimate | None = None
 
 
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
@@ -163,7 +166,7 @@ class Occlusion(CaptumOcclusion):
             self.last_run = OcclusionRun("full", why_not, RunStats())
         else:
             path = "incremental" if engine.incremental else "full"
-            self.last_run = OcclusionRun(path, engine.reason, engine.stats)
+            self.last_run = OcclusionRun(path, engine.reason, engine.stats, engine.estimate)
         if self.last_run.path == "incremental":
             logger.debug(
                 "incremental inference: %d batches, theoretical conv speedup %.2fx",

@@ -72,6 +72,18 @@ class OpKind(Enum):
     LINEAR = "linear"
     #: Mixes positions along a dimension (softmax, flatten): true gradient, no local geometry.
     GLOBAL = "global"
+    #: Reads a tensor's metadata (``size``, ``dim``): a value about the layout, not the data.
+    META = "meta"
+    #: Constant padding (``F.pad``): shifts the map and fills the border; other modes are global.
+    PAD = "pad"
+    #: Resampling (``interpolate``, ``Upsample``): nearest / bilinear windows of a rescaled map.
+    RESAMPLE = "resample"
+    #: Reduction (sum, mean, amax): pointwise when it reduces channel dims only, else global.
+    REDUCE = "reduce"
+    #: Instance normalisation: pointwise with running statistics, else global over space.
+    INSTANCE_NORM = "instance norm"
+    #: Group / layer normalisation: statistics over space, so global.
+    SPATIAL_NORM = "spatial norm"
 
     @property
     def ruled(self) -> bool:
@@ -124,6 +136,15 @@ _ACTIVATION_NAMES = (
 )  # fmt: skip
 
 
+def _optional(module: str, *names: str) -> list[Any]:
+    """The attributes ``names`` of ``module`` (torchvision, timm), if it is installed."""
+    try:
+        imported = __import__(module, fromlist=list(names))
+    except ImportError:
+        return []
+    return [getattr(imported, name) for name in names if hasattr(imported, name)]
+
+
 def _timm_modules(*names: str) -> list[type]:
     """timm's pure-Python and memory-efficient activation classes of these names."""
     try:
@@ -160,6 +181,9 @@ _BUILTIN: dict[OpKind, list[Any]] = {
         "view", "reshape", "flatten", "unflatten", "transpose", "permute", "narrow", "select",
         "split", "chunk", "squeeze", "unsqueeze", "expand", "expand_as", "t", "as_strided",
         "view_as", "unbind", namespaces=(Tensor,),
+    ) + _functions(
+        "reshape", "flatten", "transpose", "permute", "narrow", "select", "split", "chunk",
+        "squeeze", "unsqueeze", "unbind", namespaces=(torch,),
     ) + [operator.getitem],
     OpKind.MERGE: [
         operator.add, operator.iadd, operator.sub, operator.isub,
@@ -168,17 +192,25 @@ _BUILTIN: dict[OpKind, list[Any]] = {
     ] + _functions("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_",
                    namespaces=(Tensor,)),
     OpKind.CONCAT: [torch.cat],
-    OpKind.BATCH_NORM: [nn.modules.batchnorm._BatchNorm],
+    OpKind.BATCH_NORM: [nn.modules.batchnorm._BatchNorm, F.batch_norm, torch.batch_norm],
     OpKind.DROPOUT: [
         F.dropout, F.dropout2d, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
         nn.AlphaDropout, nn.FeatureAlphaDropout,
-    ],
+    ] + _optional("torchvision.ops", "stochastic_depth", "StochasticDepth")
+      + _optional("timm.layers", "DropPath", "drop_path"),
     OpKind.CONV: [F.conv2d, nn.Conv2d],
     OpKind.MAX_POOL: [F.max_pool2d, torch.max_pool2d, nn.MaxPool2d],
     OpKind.AVG_POOL: [F.avg_pool2d, nn.AvgPool2d],
     OpKind.ADAPTIVE_POOL: [nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d],
     OpKind.LINEAR: [F.linear, nn.Linear],
     OpKind.GLOBAL: _functions("softmax", "log_softmax") + [nn.Softmax, nn.LogSoftmax, nn.Flatten],
+    OpKind.META: [Tensor.size, Tensor.dim],
+    OpKind.PAD: [F.pad, nn.ZeroPad2d, nn.ConstantPad2d],
+    OpKind.RESAMPLE: [F.interpolate, F.upsample, nn.Upsample, nn.UpsamplingNearest2d,
+                      nn.UpsamplingBilinear2d],
+    OpKind.REDUCE: _functions("sum", "mean", "amax", "amin", namespaces=(torch, Tensor)),
+    OpKind.INSTANCE_NORM: [F.instance_norm, nn.modules.instancenorm._InstanceNorm],
+    OpKind.SPATIAL_NORM: [F.group_norm, F.layer_norm, nn.GroupNorm, nn.LayerNorm],
 }  # fmt: skip
 
 _TABLE: dict[Any, OpKind] = {op: kind for kind, ops in _BUILTIN.items() for op in ops}

@@ -122,3 +122,24 @@ def test_overlapping_preserved_state_restores_batchnorm_once_all_leave():
     for buffer, before in zip(model.buffers(), saved, strict=True):
         assert torch.equal(buffer, before)
     assert model.training and model[1].training
+
+
+def test_untraceable_model_reason_is_one_short_line():
+    class Untraceable(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(*[nn.Conv2d(1, 1, 3, padding=1) for _ in range(40)])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.sum() > 0:  # data-dependent control flow: fx cannot trace it
+                return self.body(x).flatten(1)
+            return x.flatten(1)
+
+    model = Untraceable().eval()
+    x = torch.rand(1, 1, 6, 6)
+    occlusion = Occlusion(model)
+    occlusion.attribute(x, sliding_window_shapes=(1, 3, 3), strides=3, target=0)
+    reason = occlusion.last_run.reason
+    assert occlusion.last_run.path == "full"
+    assert "\n" not in reason and len(reason) < 300, reason
+    assert "Untraceable" in reason

@@ -32,6 +32,10 @@ class RunStats:
     conv_macs: int = 0
     conv_macs_full: int = 0
     batches: int = 0
+    #: elements read or written by rectangle bookkeeping (gathers, pastes, rectangle ops)
+    moved: int = 0
+    #: ops run on rectangles
+    rect_ops: int = 0
 
     @property
     def theoretical_speedup(self) -> float:
@@ -98,27 +102,50 @@ class Executor:
 
     def _step(self, node: Node, env: dict[Node, Any], copies: int) -> Any:
         net = self.net
+        spec = net.specs[node]
+        if spec.kind == "meta":
+            return self._meta(node, env)
         ref_out = net.values[node]
         inputs = [a for a in node.all_input_nodes if a in net.depends]
-        batched = (
-            isinstance(ref_out, Tensor)
-            and ref_out.dim() >= 1
-            and ref_out.shape[0] == self.plan.examples
-        )
-        if batched and all(env[a] is UNCHANGED for a in inputs):
-            self._count(node, ref_out.shape[0] * copies, (0, 1))
+        maps = [a for a in inputs if net.specs[a].kind != "meta"]
+        batched = self._batched(ref_out)
+        if batched and all(env[a] is UNCHANGED for a in maps):
+            if isinstance(ref_out, Tensor):
+                self._count(node, ref_out.shape[0] * copies, (0, 1))
             return UNCHANGED
-        handler = self.HANDLERS.get(net.specs[node].kind)
+        handler = self.HANDLERS.get(spec.kind)
         if (
             handler is not None
             and batched
-            and ref_out.dim() == 4
-            and all(env[a] is UNCHANGED or isinstance(env[a], Patch) for a in inputs)
+            and maps
+            and all(env[a] is UNCHANGED or _is_patch(env[a]) for a in maps)
         ):
-            result = handler(self, node, inputs, env)
+            result = handler(self, node, maps, env)
             if result is not None:
                 return result
         return self._run_op(node, env, copies)
+
+    def _batched(self, ref: Any) -> bool:
+        """True for a per-example tensor (N, ...), or a tuple / list of them."""
+        if isinstance(ref, list | tuple):
+            return bool(ref) and all(self._batched(r) for r in ref)
+        return isinstance(ref, Tensor) and ref.dim() >= 1 and ref.shape[0] == self.plan.examples
+
+    def _meta(self, node: Node, env: dict[Node, Any]) -> Any:
+        """A layout value (``x.shape``, ``x.size(1) // 2``) of the rectangles it is read from."""
+        return self._call(
+            node, *map_arg((node.args, node.kwargs), lambda n: _data(env[n], n, self.net))
+        )
+
+    def _layout(self, node: Node, inputs: list[Node], env: dict[Node, Any]) -> Any:
+        """Space-keeping reshape / split / index / channel reduction: run on the rectangle."""
+        if len(inputs) != 1 or not _is_patch(env[inputs[0]]):
+            return None
+        first = _first_patch(env[inputs[0]])
+        args = map_arg((node.args, node.kwargs), lambda n: _data(env[n], n, self.net))
+        out = self._call(node, *args)
+        self.stats.rect_ops += 1
+        return _wrap(out, first, node)
 
     def _window(self, node: Node, inputs: list[Node], env: dict[Node, Any]) -> Any:
         """Convolution / pooling: recompute the outputs whose window meets the input patch."""
@@ -126,6 +153,8 @@ class Executor:
         spec = net.specs[node]
         window = spec.window
         if window is None or spec.unpadded is None or len(inputs) != 1:
+            return None
+        if net.values[node].dim() != 4 or not isinstance(env[inputs[0]], Patch):
             return None
         patch = env[inputs[0]]
         ref_in, ref_out = net.values[node.args[0]], net.values[node]
@@ -151,15 +180,22 @@ class Executor:
             (w - 1) * window.stride[1] + window.span(1),
             spec.pad_value,
         )
-        return Patch(spec.unpadded(region), top, left)
+        self.stats.moved += region.numel()
+        self.stats.rect_ops += 1
+        out = spec.unpadded(region)
+        if spec.scale is not None:  # per output unit (average pooling without the padding)
+            out = out * gather(spec.scale.to(out)[None, None], None, top, left, h, w, 1.0)
+        return Patch(out, top, left)
 
     def _pointwise(self, node: Node, inputs: list[Node], env: dict[Node, Any]) -> Any:
         """Pointwise ops and merges: run the op on the (common bounding box of the) patches."""
         net = self.net
         height, width = net.values[node].shape[-2:]
+        if not all(isinstance(env[a], Patch) or env[a] is UNCHANGED for a in inputs):
+            return None
         if any(
             not isinstance(net.values[a], Tensor)
-            or net.values[a].dim() != 4
+            or net.values[a].dim() < 3
             or net.values[a].shape[-2:] != (height, width)
             for a in inputs
         ):
@@ -199,7 +235,7 @@ class Executor:
                 and static.shape[-2:] == (height, width)
                 and height * width > 1
             ):
-                if static.dim() != 4:
+                if static.dim() != net.values[node].dim():
                     return None
                 regions[a] = gather(static, None, top, left, h, w, 0.0)
         out = self._call(
@@ -208,6 +244,8 @@ class Executor:
         )
         if not isinstance(out, Tensor) or out.shape[-2:] != (h, w):
             raise GeometryError(f"{node.name} changed the spatial size of a rectangle")
+        self.stats.moved += out.numel() * (1 + len(regions))
+        self.stats.rect_ops += 1
         return Patch(out, top, left)
 
     #: The handler of each geometry kind (``OpSpec.kind``); other kinds run on the full batch.
@@ -215,6 +253,7 @@ class Executor:
         "window": _window,
         "pointwise": _pointwise,
         "merge": _pointwise,
+        "layout": _layout,
     }
 
     def _run_op(self, node: Node, env: dict[Node, Any], copies: int) -> Any:
@@ -237,10 +276,58 @@ class Executor:
         """The node's value for the whole batch (the reference repeated, the patch pasted in)."""
         if node not in self.net.depends:
             return self.net.values[node]
-        value = env[node]
-        ref = self.net.values[node]
-        if value is UNCHANGED:
-            return ref.repeat(copies, *([1] * (ref.dim() - 1)))
-        if not isinstance(value, Patch):
-            return value
+        if self.net.specs[node].kind == "meta":  # of the whole maps, not of their rectangles
+            args = map_arg((node.args, node.kwargs), lambda n: self._full(n, env, copies))
+            return self._call(node, *args)
+        whole = _whole(env[node], self.net.values[node], copies)
+        if isinstance(whole, Tensor) and env[node] is not whole:
+            self.stats.moved += whole.numel()
+        return whole
+
+
+def _whole(value: Any, ref: Any, copies: int) -> Any:
+    if value is UNCHANGED:
+        if isinstance(ref, list | tuple):
+            return type(ref)(_whole(UNCHANGED, r, copies) for r in ref)
+        return ref.repeat(copies, *([1] * (ref.dim() - 1)))
+    if isinstance(value, list | tuple) and isinstance(ref, list | tuple):
+        return type(value)(_whole(v, r, copies) for v, r in zip(value, ref, strict=True))
+    if isinstance(value, Patch):
         return paste(ref, value, copies)
+    return value
+
+
+def _is_patch(value: Any) -> bool:
+    """A patch, or a tuple / list of patches of one rectangle (a channel split)."""
+    if isinstance(value, list | tuple):
+        return bool(value) and all(isinstance(v, Patch) for v in value)
+    return isinstance(value, Patch)
+
+
+def _first_patch(value: Any) -> Patch:
+    return value[0] if isinstance(value, list | tuple) else value
+
+
+def _data(value: Any, node: Node, net: Any) -> Any:
+    """What an op reads for an argument: a patch's rectangle, the reference for UNCHANGED."""
+    if isinstance(value, Patch):
+        return value.data
+    if isinstance(value, list | tuple) and _is_patch(value):
+        return type(value)(v.data for v in value)
+    if value is UNCHANGED:
+        return net.values[node]
+    return value
+
+
+def _wrap(out: Any, like: Patch, node: Node) -> Any:
+    """``out`` (a tensor or a tuple / list of them) as patches at ``like``'s place."""
+    if isinstance(out, list | tuple):
+        return type(out)(_wrap(o, like, node) for o in out)
+    if (
+        not isinstance(out, Tensor)
+        or out.dim() < 3
+        or out.shape[0] != like.data.shape[0]
+        or tuple(out.shape[-2:]) != like.size
+    ):
+        raise GeometryError(f"{node.name} changed the spatial size of a rectangle")
+    return Patch(out, like.top, like.left)

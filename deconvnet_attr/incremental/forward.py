@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from deconvnet_attr.geometry import TracedNet
+from deconvnet_attr.incremental.cost import Estimate, estimate
 from deconvnet_attr.incremental.executor import Executor, RunStats
 from deconvnet_attr.incremental.plan import Ineligible, Plan, make_plan
 
@@ -26,14 +27,23 @@ class IncrementalForward:
     unchanged; ``reason`` says why.
     ``full_fraction``: an op whose changed output rectangle covers at least this fraction of its
     map is computed in full (and so is everything after it).
+
+    With ``cost_model`` (the default), the work counted on the first perturbed batch decides
+    (:func:`~deconvnet_attr.incremental.cost.estimate`, at torch's current thread count): when
+    full recomputation is estimated faster, later calls go to ``fn`` and ``reason`` says so;
+    ``estimate`` holds the verdict.
     """
 
-    def __init__(self, fn: Callable[..., Any], *, full_fraction: float = 0.9) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], *, full_fraction: float = 0.9, cost_model: bool = True
+    ) -> None:
         self.fn = fn
         self.full_fraction = full_fraction
+        self.cost_model = cost_model
         self.plan: Plan | None = None
         self.reason: str | None = None
         self.stats = RunStats()
+        self.estimate: Estimate | None = None
 
     @property
     def net(self) -> TracedNet | None:
@@ -56,11 +66,16 @@ class IncrementalForward:
         try:
             with torch.no_grad():
                 executor = Executor(self.plan, self.stats, self.full_fraction)
-                return executor.run(args, batch // self.plan.examples)
+                result = executor.run(args, batch // self.plan.examples)
         except Exception as error:  # an op behaved unlike its description: be safe, run fn
             self.reason = f"incremental evaluation failed ({type(error).__name__}: {error})"
             logger.warning("%s; full recomputation from here on", self.reason)
             return self.fn(*args)
+        if self.cost_model and self.estimate is None:
+            self.estimate = estimate(self.stats, torch.get_num_threads())
+            if not self.estimate.chosen:
+                self.reason = str(self.estimate)
+        return result
 
     def _start(self, args: tuple) -> Any:
         try:

@@ -26,8 +26,9 @@ UNCHANGED = _Unchanged()
 
 @dataclass
 class Patch:
-    """Values ``data`` (B, C, h, w) of the rectangle at (top[b], left[b]) of a (·, C, H, W) map;
-    outside it the map equals the cached reference of example ``b % N``."""
+    """Values ``data`` (B, *C, h, w) of the rectangle at (top[b], left[b]) of a (·, *C, H, W)
+    map (``*C``: one or more channel dims); outside it the map equals the cached reference of
+    example ``b % N``."""
 
     data: Tensor
     top: Tensor
@@ -41,11 +42,13 @@ class Patch:
 def gather(
     ref: Tensor, patch: Patch | None, top: Tensor, left: Tensor, h: int, w: int, pad_value: float
 ) -> Tensor:
-    """Rectangles (B, C, h, w) at (top[b], left[b]) of the map ``patch``-over-``ref``.
+    """Rectangles (B, *C, h, w) at (top[b], left[b]) of the map ``patch``-over-``ref``.
 
-    ``ref`` (n, C, H, W) is the reference map (sample ``b`` reads example ``b % n``); rows and
+    ``ref`` (n, *C, H, W) is the reference map (sample ``b`` reads example ``b % n``); rows and
     columns outside it read ``pad_value``; inside ``patch``'s rectangle they read the patch.
     """
+    channels = ref.shape[1:-2]
+    ref = ref.reshape(ref.shape[0], -1, *ref.shape[-2:])
     batch = top.shape[0]
     height, width = ref.shape[-2:]
     device = ref.device
@@ -64,28 +67,30 @@ def gather(
         out = out.masked_fill(mask[..., None], pad_value)
     if patch is not None:
         ph, pw = patch.size
+        data = patch.data.reshape(batch, -1, ph, pw)
         prow, pcol = rows - patch.top[:, None], cols - patch.left[:, None]
         inside = ((prow >= 0) & (prow < ph))[:, :, None] & ((pcol >= 0) & (pcol < pw))[:, None, :]
-        values = patch.data[
+        values = data[
             torch.arange(batch, device=device)[:, None, None],
             :,
             prow.clamp(0, ph - 1)[:, :, None],
             pcol.clamp(0, pw - 1)[:, None, :],
         ]
         out = torch.where(inside[..., None], values, out)
-    return out.permute(0, 3, 1, 2)
+    return out.permute(0, 3, 1, 2).reshape(batch, *channels, h, w)
 
 
 def paste(ref: Tensor, patch: Patch, copies: int) -> Tensor:
-    """The whole batch (B, C, H, W): ``ref`` (N, C, H, W) repeated ``copies`` times, ``patch``
-    pasted in."""
-    out = ref.repeat(copies, 1, 1, 1)
+    """The whole batch (B, *C, H, W): ``ref`` (N, *C, H, W) repeated ``copies`` times,
+    ``patch`` pasted in."""
+    out = ref.repeat(copies, *([1] * (ref.dim() - 1)))
+    flat = out.view(out.shape[0], -1, *out.shape[-2:])
     h, w = patch.size
     device = out.device
     rows = patch.top[:, None, None] + torch.arange(h, device=device)[None, :, None]
     cols = patch.left[:, None, None] + torch.arange(w, device=device)[None, None, :]
-    out[torch.arange(out.shape[0], device=device)[:, None, None], :, rows, cols] = (
-        patch.data.permute(0, 2, 3, 1)
+    flat[torch.arange(out.shape[0], device=device)[:, None, None], :, rows, cols] = (
+        patch.data.reshape(out.shape[0], -1, h, w).permute(0, 2, 3, 1)
     )
     return out
 

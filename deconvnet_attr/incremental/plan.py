@@ -130,9 +130,12 @@ def _release(net: TracedNet) -> dict[Node, list[Node]]:
     for node in net.nodes:
         for used in node.all_input_nodes:
             last_use[used] = node
+    # a meta value (x.shape) is recomputed from the whole maps when a full op reads it: keep
+    # the maps it reads
+    kept = {a for n in net.nodes if net.specs[n].kind == "meta" for a in n.all_input_nodes}
     release: dict[Node, list[Node]] = {}
     for used, user in last_use.items():
-        if used in net.depends:
+        if used in net.depends and used not in kept:
             release.setdefault(user, []).append(used)
     return release
 

@@ -1,0 +1,120 @@
+"""Occlusion over the model zoo: deconvnet_attr.Occlusion vs captum.attr.Occlusion.
+
+For each torchvision / timm CNN (random weights, eval mode), one 3x224x224 image, the paper's
+3x16x16 grey window, stride 8 (16 for the largest models; ``--stride`` overrides both),
+``perturbations_per_eval=32``, at each thread count of ``--threads``: the path the cost model
+chose, the plan's theoretical saving (convolution MACs of full recomputation / of the plan),
+the cost model's estimate, the speed-up in CPU seconds of this process and in wall seconds
+(Captum's time / ours, same process, same input, Captum first), and max |difference| / max
+|attribution|. ``--fp64`` adds both results' distance to a float64 Captum run.
+
+    python benchmarks/occlusion_zoo.py --models tv:resnet18 timm:gernet_s --threads 1 2
+    python benchmarks/occlusion_zoo.py --list
+    python benchmarks/occlusion_zoo.py                     # all models, 1 and 2 threads (long)
+
+Timings on a shared machine are noisy: note ``uptime``'s load with any number you quote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from captum.attr import Occlusion as CaptumOcclusion
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this checkout's package and test helpers
+from test_deconv import TIMM, TORCHVISION, build  # noqa: E402
+
+from deconvnet_attr import Occlusion  # noqa: E402
+
+#: The deconvnet zoo (tests/test_deconv.py) and the others the occlusion issue names.
+OTHERS = [
+    "gernet_s", "repvgg_a0", "cspdarknet53", "dpn68", "inception_v4", "xception41",
+    "fbnetc_100", "mixnet_s", "regnetz_b16", "res2net50_14w_8s", "ghostnet_100",
+    "efficientnetv2_rw_t", "mobilenetv3_small_100", "lcnet_050", "rexnet_100",
+    "hrnet_w18_small", "dla34", "selecsls42b", "cs3darknet_s", "resnest14d",
+]  # fmt: skip
+MODELS = [f"tv:{n}" for n in TORCHVISION] + [f"timm:{n}" for n in TIMM + OTHERS]
+#: Models whose full run at stride 8 takes too long: stride 16.
+LARGE = {"tv:vgg16", "tv:resnet50", "tv:inception_v3", "tv:densenet121", "tv:convnext_tiny",
+         "timm:densenet121", "timm:cspdarknet53", "timm:inception_v4", "timm:xception41",
+         "timm:res2net50_14w_8s", "timm:dpn68", "timm:regnetz_b16"}  # fmt: skip
+
+
+def timed(fn):
+    start, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return time.perf_counter() - start, time.process_time() - cpu, result
+
+
+def row(spec: str, threads: int, stride: int | None, fp64: bool) -> str:
+    source, name = spec.split(":")
+    model = build(source, name)
+    torch.manual_seed(0)
+    side = 299 if name in ("inception_v3", "inception_v4") else 224
+    x = torch.randn(1, 3, side, side)
+    stride = stride or (16 if spec in LARGE else 8)
+    kwargs = dict(
+        sliding_window_shapes=(3, 16, 16),
+        strides=(3, stride, stride),
+        target=0,
+        perturbations_per_eval=32,
+    )
+    torch.set_num_threads(threads)
+    with torch.no_grad():  # warm-up: neither run pays for first-call allocations
+        model(x.repeat(32, 1, 1, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wall_c, cpu_c, theirs = timed(lambda: CaptumOcclusion(model).attribute(x, **kwargs))
+        ours_occ = Occlusion(model)
+        wall_o, cpu_o, ours = timed(lambda: ours_occ.attribute(x, **kwargs))
+    run = ours_occ.last_run
+    scale = float(theirs.abs().max())
+    diff = float((ours - theirs).abs().max()) / scale
+    line = (
+        f"| {spec} | {threads} | {stride} | {run.path} | {run.stats.theoretical_speedup:.2f} | "
+        f"{run.estimate.speedup if run.estimate else math.nan:.2f} | {cpu_c / cpu_o:.2f} | "
+        f"{wall_c / wall_o:.2f} | {diff:.1e} |"
+    )
+    if fp64:
+        double = CaptumOcclusion(model.double()).attribute(x.double(), **kwargs)
+        line += (
+            f" {float((ours.double() - double).abs().max()) / scale:.1e} /"
+            f" {float((theirs.double() - double).abs().max()) / scale:.1e} |"
+        )
+    reason = (run.reason or "").replace("|", "/")
+    return line + f" {reason[:80]} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=MODELS, help="source:name, e.g. tv:vgg16")
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--stride", type=int, default=None, help="override the stride")
+    parser.add_argument("--fp64", action="store_true", help="+ distance to a float64 run")
+    parser.add_argument("--list", action="store_true", help="print the model names and exit")
+    args = parser.parse_args()
+    if args.list:
+        print("\n".join(MODELS))
+        return
+    print(f"load average: {os.getloadavg()}; torch {torch.__version__}")
+    header = (
+        "| model | threads | stride | path | theoretical | estimate | CPU speed-up | "
+        "wall speed-up | max diff / max attr |"
+    )
+    print(header + (" fp64: ours / Captum |" if args.fp64 else "") + " reason |")
+    print("|---" * (header.count("|") - 1 + (1 if args.fp64 else 0) + 1) + "|")
+    for spec in args.models:
+        for threads in args.threads:
+            print(row(spec, threads, args.stride, args.fp64), flush=True)
+
+
+if __name__ == "__main__":
+    main()

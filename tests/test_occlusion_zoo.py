@@ -1,0 +1,221 @@
+"""The ops of the torchvision / timm zoo, one tiny model each: incremental evaluation equals full
+recomputation, receptive fields equal gradient support, global ops make the rest full, the cost
+model's verdict is reported, batches of images share one plan."""
+
+import pytest
+import timm.layers
+import torch
+import torch.nn.functional as F
+import torchvision
+from captum.attr import Occlusion as CaptumOcclusion
+from test_deconv import build
+from test_geometry import _positive_twin, _support
+from test_incremental import _perturbed
+from torch import nn
+
+from deconvnet_attr import Occlusion
+from deconvnet_attr.geometry import receptive_field, trace
+from deconvnet_attr.incremental import IncrementalForward
+from deconvnet_attr.incremental.cost import Estimate, estimate
+from deconvnet_attr.incremental.executor import RunStats
+
+
+class Block(nn.Module):
+    """A stem convolution, then the op under test (``op(self, x)``), then a 3x3 convolution
+    and a classifier head."""
+
+    def __init__(self, op, channels: int = 8) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, channels, 3, padding=1)
+        self.op = op
+        self.gamma = nn.Parameter(torch.rand(channels) + 0.5)
+        self.bn = timm.layers.BatchNormAct2d(channels)
+        self.drop = timm.layers.DropPath(0.5)
+        self.depth = torchvision.ops.StochasticDepth(0.5, "row")
+        self.tail = nn.Conv2d(channels, 6, 3, padding=1)
+        self.head = nn.Linear(6, 4)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-0.5, 0.5)
+            self.bn.running_var.uniform_(0.5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.tail(self.op(self, torch.relu(self.stem(x))))
+        return self.head(y.mean((2, 3)))
+
+
+def _split(m, x):
+    a, b = torch.split(x, 4, dim=1)
+    c, d = x.chunk(2, 1)
+    return torch.cat([a * b, c + d], 1)
+
+
+def _shuffle(m, x):
+    n, c, h, w = x.size()
+    y = x.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, -1, h, w)
+    return y + x.narrow(1, 0, 8)
+
+
+def _index(m, x):
+    return torch.cat([x[:, :4], x[:, 4:] * 2], dim=1)
+
+
+OPS = {
+    "batch-norm-act": lambda m, x: m.bn(x),
+    "functional-batch-norm": lambda m, x: F.batch_norm(
+        x, m.bn.running_mean, m.bn.running_var, m.bn.weight, m.bn.bias, False
+    ),
+    "instance-norm-running": lambda m, x: F.instance_norm(
+        x, m.bn.running_mean, m.bn.running_var, use_input_stats=False
+    ),
+    "split-chunk-cat": _split,
+    "shuffle-narrow": _shuffle,
+    "getitem": _index,
+    "drop-path-stochastic-depth": lambda m, x: m.depth(m.drop(x)) + x,
+    "layer-scale": lambda m, x: x * m.gamma.view(1, -1, 1, 1),
+    "pad": lambda m, x: F.pad(x, (1, 2, 2, 1), value=0.5),
+    "pad-then-conv": lambda m, x: F.avg_pool2d(F.pad(x, (0, 1, 0, 1)), 2, 1),
+    "channel-sum": lambda m, x: torch.cat(
+        [x.view(x.shape[0], 2, 4, x.shape[2], x.shape[3]).sum(1)] * 2, 1
+    ),
+    "ceil-pools": lambda m, x: (
+        F.max_pool2d(x, 3, 2, ceil_mode=True) + F.avg_pool2d(x, 2, 2, ceil_mode=True)
+    ),
+    "avg-pool-without-padding": lambda m, x: F.avg_pool2d(x, 3, 1, 1, count_include_pad=False),
+    "resample": lambda m, x: F.interpolate(x, scale_factor=2.0),
+    "squeeze-excitation": lambda m, x: x * torch.sigmoid(x.mean((2, 3), keepdim=True)),
+    "group-norm": lambda m, x: F.group_norm(x, 2),
+}
+#: ops after which the changed region is the whole map (everything upstream stays incremental)
+GLOBAL = {"resample", "squeeze-excitation", "group-norm"}
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_incremental_equals_full_recomputation(name):
+    torch.manual_seed(0)
+    model = Block(OPS[name]).eval()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 24, 24, generator=gen)
+    engine = IncrementalForward(model)
+    with torch.no_grad():
+        assert torch.allclose(engine(x), model(x), atol=1e-6)
+        batch = _perturbed(x, 3, gen)
+        expected = model(batch)
+        got = engine(batch)
+    assert engine.incremental, engine.reason
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+    net = engine.net
+    kinds = {n.name: net.specs[n].kind for n in net.nodes}
+    assert kinds["stem"] == "window"
+    tail = next(n for n in net.nodes if n.name == "tail")
+    if name in GLOBAL:  # the stem is incremental, the tail convolution computed in full
+        assert kinds["tail"] == "window"
+        assert engine.stats.conv_macs >= engine.plan.macs[tail] * batch.shape[0]
+    else:  # the op keeps the rectangle: the tail convolution is incremental too
+        assert not any(
+            s.kind == "opaque" for n, s in net.specs.items() if n.name in ("stem", "op", "tail")
+        )
+    assert 0 < engine.stats.conv_macs < engine.stats.conv_macs_full
+
+
+#: functional max pooling's gradient picks one unit of each window (the twin cannot swap it)
+NOT_POSITIVE = {"ceil-pools", "instance-norm-running"}
+
+
+@pytest.mark.parametrize("name", sorted(set(OPS) - GLOBAL - NOT_POSITIVE))
+def test_receptive_field_through_op_matches_gradient_support(name):
+    torch.manual_seed(0)
+    model = Block(OPS[name]).eval()
+    twin = _positive_twin(model)
+    size = 21
+    x = torch.rand(1, 3, size, size)
+    rf = receptive_field(model, "tail", x)
+    (h, w), _ = _support(twin, "tail", x, [])
+    units = sorted({(0, 0), (1, 1), (h - 1, w - 1), (h // 2, w // 3)})
+    if name == "pad":
+        # a corner unit of the tail reads only F.pad's border, and the field (a box, in input
+        # coordinates) counts the stem's padding behind it: interior units only
+        units = [(i, j) for i, j in units if 0 < i < h - 1 and 0 < j < w - 1]
+    _, supports = _support(twin, "tail", x, units)
+    for (i, j), (rows, cols) in zip(units, supports, strict=True):
+        lo, hi = rf.rows(i)
+        assert rows == (max(lo, 0), min(hi, size - 1)), (name, i, j)
+        lo, hi = rf.cols(j)
+        assert cols == (max(lo, 0), min(hi, size - 1)), (name, i, j)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "spec,layers",
+    [
+        ("timm:gernet_s", ["stages.0", "stages.2"]),
+        ("timm:res2net50_14w_8s", ["layer1.0"]),
+        ("timm:ghostnet_100", ["blocks.1"]),
+        ("tv:shufflenet_v2_x1_0", ["stage2"]),
+        ("timm:repvgg_a0", ["stages.0"]),
+    ],
+)
+def test_zoo_receptive_field_matches_gradient_support(spec, layers):
+    source, name = spec.split(":")
+    model = build(source, name)
+    twin = _positive_twin(model)
+    size = 48
+    x = torch.rand(1, 3, size, size)
+    for layer in layers:
+        rf = receptive_field(model, layer, x)
+        (h, w), _ = _support(twin, layer, x, [])
+        for (i, j), (rows, cols) in zip(
+            [(0, 0), (h // 2, w // 2), (h - 1, w - 1)],
+            _support(twin, layer, x, [(0, 0), (h // 2, w // 2), (h - 1, w - 1)])[1],
+            strict=True,
+        ):
+            lo, hi = rf.rows(i)
+            assert rows == (max(lo, 0), min(hi, size - 1)), (layer, i, j)
+            lo, hi = rf.cols(j)
+            assert cols == (max(lo, 0), min(hi, size - 1)), (layer, i, j)
+
+
+def test_zoo_ops_are_not_opaque_before_the_head():
+    """On timm's norm+act, channel-split and drop-path models the first op without local
+    geometry is the global pooling of the head (or an SE gate), never an earlier one."""
+    for spec in ("timm:gernet_s", "timm:res2net50_14w_8s", "timm:ghostnet_100"):
+        source, name = spec.split(":")
+        net = trace(build(source, name), (torch.zeros(1, 3, 64, 64),))
+        opaque = [s.reason for n, s in net.specs.items() if n in net.depends and s.kind == "opaque"]
+        assert opaque and all("global" in r or "over space" in r for r in opaque[:1]), opaque
+
+
+def test_cost_model_verdict_and_batches_of_images():
+    """Two images share one plan; the verdict is reported and followed; results equal
+    Captum's whichever path ran."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.rand(2, 3, 96, 96)  # 16 samples of 96x96: ~5e9 MACs per batch, a verdict
+    kwargs = dict(sliding_window_shapes=(3, 16, 16), strides=16, target=3, perturbations_per_eval=8)
+    expected = CaptumOcclusion(model).attribute(x, **kwargs)
+    occlusion = Occlusion(model)
+    got = occlusion.attribute(x, **kwargs)
+    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+    run = occlusion.last_run
+    assert isinstance(run.estimate, Estimate) and run.estimate.decided
+    assert run.estimate.threads == torch.get_num_threads()
+    if run.estimate.chosen:
+        assert run.path == "incremental" and run.reason is None
+    else:
+        assert run.path == "full" and run.reason == str(run.estimate)
+    assert run.stats.batches >= 1 and run.stats.conv_macs < run.stats.conv_macs_full
+
+
+def test_estimate_arithmetic():
+    """Hand-computed costs: full = MACs; incremental = efficiency * MACs + moves + ops."""
+    from deconvnet_attr.incremental import cost
+
+    stats = RunStats(conv_macs=10**9, conv_macs_full=4 * 10**9, batches=1, moved=10**6)
+    stats.rect_ops = 100
+    e = estimate(stats, 1)
+    expected = cost.efficiency(1) * 1e9 + cost.PER_ELEMENT * 1e6 + cost.PER_OP * 100
+    assert e.incremental == pytest.approx(expected) and e.full == 4e9
+    assert e.chosen and e.speedup == pytest.approx(4e9 / expected)
+    slow = estimate(RunStats(conv_macs=4 * 10**9, conv_macs_full=4 * 10**9), 2)
+    assert not slow.chosen and "cost model" in str(slow)
+    tiny = estimate(RunStats(conv_macs=10**9, conv_macs_full=10**9), 1)
+    assert tiny.chosen and not tiny.decided
