@@ -4,6 +4,7 @@ crops of images to it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from torch import Tensor, nn
 from torch.fx import GraphModule, Node
@@ -55,22 +56,26 @@ def _propagate(net: TracedNet, source: Node) -> dict[Node, ReceptiveField | str]
         broken = [f for f in inputs if isinstance(f, str)]
         if broken:
             fields[node] = broken[0]
-        elif spec.kind == "window":
-            (rf,), w = inputs, spec.window
+        elif spec.kind == "window" and spec.window is not None:
+            rf, w = cast(ReceptiveField, inputs[0]), spec.window
+            size = [rf.size[d] + (w.span(d) - 1) * rf.stride[d] for d in range(2)]
+            stride = [rf.stride[d] * w.stride[d] for d in range(2)]
+            offset = [rf.offset[d] - w.padding[d] * rf.stride[d] for d in range(2)]
             fields[node] = ReceptiveField(
-                tuple(rf.size[d] + (w.span(d) - 1) * rf.stride[d] for d in range(2)),
-                tuple(rf.stride[d] * w.stride[d] for d in range(2)),
-                tuple(rf.offset[d] - w.padding[d] * rf.stride[d] for d in range(2)),
+                (size[0], size[1]), (stride[0], stride[1]), (offset[0], offset[1])
             )
         elif spec.kind in ("pointwise", "layout"):
             fields[node] = inputs[0]
         elif spec.kind == "merge":
-            if len({rf.stride for rf in inputs}) > 1:
+            maps = [cast(ReceptiveField, f) for f in inputs]
+            if len({rf.stride for rf in maps}) > 1:
                 fields[node] = f"{node.name} merges maps of different strides"
                 continue
-            lo = tuple(min(rf.offset[d] for rf in inputs) for d in range(2))
-            hi = tuple(max(rf.offset[d] + rf.size[d] for rf in inputs) for d in range(2))
-            fields[node] = ReceptiveField((hi[0] - lo[0], hi[1] - lo[1]), inputs[0].stride, lo)
+            lo = [min(rf.offset[d] for rf in maps) for d in range(2)]
+            hi = [max(rf.offset[d] + rf.size[d] for rf in maps) for d in range(2)]
+            fields[node] = ReceptiveField(
+                (hi[0] - lo[0], hi[1] - lo[1]), maps[0].stride, (lo[0], lo[1])
+            )
         else:
             fields[node] = f"{node.name} ({spec.reason})"
     return fields

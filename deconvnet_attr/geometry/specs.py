@@ -248,7 +248,7 @@ def node_spec(
     if node.op == "placeholder":
         return OpSpec("input")
     if node.op == "call_module":
-        return _module_spec(modules[node.target], node, layouts, structural)
+        return _module_spec(modules[str(node.target)], node, layouts, structural)
     if node.op == "call_function":
         spec = _function_spec(node, values, layouts, structural)
     elif node.op == "call_method":

@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -90,7 +90,7 @@ class _Recorder(Interpreter):
 def _may_write(node: Node, modules: dict[str, Any]) -> bool:
     """True when ``node`` may write one of its inputs (``relu_``, ``ReLU(inplace=True)``)."""
     if node.op == "call_module":
-        return bool(getattr(modules[node.target], "inplace", False))
+        return bool(getattr(modules[str(node.target)], "inplace", False))
     if node.op == "call_function":
         return writes_input(node.target) or _inplace_argument(node)
     return node.op == "call_method" and writes_input(getattr(Tensor, str(node.target), None))
@@ -101,7 +101,7 @@ def _inplace_argument(node: Node) -> bool:
     if node.kwargs.get("inplace") is True:
         return True
     try:
-        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+        bound = inspect.signature(cast(Callable, node.target)).bind(*node.args, **node.kwargs)
     except (TypeError, ValueError):  # builtins without a signature: assume the worst
         return len(node.args) > 1 and any(a is True for a in node.args[1:])
     return bound.arguments.get("inplace") is True

@@ -10,8 +10,9 @@ no handler takes is run on the full batch. Multiply-accumulates are counted in o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor
@@ -157,7 +158,7 @@ class Executor:
         if net.values[node].dim() != 4 or not isinstance(env[inputs[0]], Patch):
             return None
         patch = env[inputs[0]]
-        ref_in, ref_out = net.values[node.args[0]], net.values[node]
+        ref_in, ref_out = net.values[cast(Node, node.args[0])], net.values[node]
         out_h, out_w = ref_out.shape[-2:]
         ph, pw = patch.size
         samples = patch.data.shape[0]
@@ -265,11 +266,11 @@ class Executor:
 
     def _call(self, node: Node, args: tuple, kwargs: dict) -> Any:
         if node.op == "call_module":
-            return self.plan.modules[node.target](*args, **kwargs)
+            return self.plan.modules[str(node.target)](*args, **kwargs)
         if node.op == "call_function":
-            return node.target(*args, **kwargs)
+            return cast(Callable, node.target)(*args, **kwargs)
         if node.op == "call_method":
-            return getattr(args[0], node.target)(*args[1:], **kwargs)
+            return getattr(args[0], str(node.target))(*args[1:], **kwargs)
         raise GeometryError(f"cannot run {node.op} node {node.name}")
 
     def _full(self, node: Node, env: dict[Node, Any], copies: int) -> Any:

@@ -79,7 +79,7 @@ def _node_op(node: Node) -> Any:
 
 def _inplace(node: Node, modules: dict[str, Any]) -> bool:
     if node.op == "call_module":
-        return bool(getattr(modules[node.target], "inplace", False))
+        return bool(getattr(modules[str(node.target)], "inplace", False))
     if node.op == "call_function":
         return writes_input(node.target) or node.kwargs.get("inplace") is True
     return node.op == "call_method" and str(node.target).endswith("_")
