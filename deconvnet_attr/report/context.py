@@ -35,7 +35,9 @@ class ReportContext:
     (labels are -1 when unknown); ``layers`` are names of spatial layers of ``model`` analysed in
     the per-layer sections; ``checkpoints`` maps an epoch to a model (training snapshots);
     ``parts`` are the object parts of the correspondence analysis
-    (:data:`~deconvnet_attr.analysis.correspondence.FASHION_MNIST_PARTS` for Fashion-MNIST).
+    (:data:`~deconvnet_attr.analysis.correspondence.FASHION_MNIST_PARTS` for Fashion-MNIST);
+    ``atlas`` writes the unit atlas into ``out/atlas/`` (``atlas_channels``: the strongest that
+    many channels per layer, ``None`` all); ``workers``: DataLoader processes reading the data.
     """
 
     model: nn.Module
@@ -54,10 +56,18 @@ class ReportContext:
     quick: bool = False
     command: str = ""
     parts: Sequence | None = None
+    atlas: bool = False
+    atlas_channels: int | None = None
+    workers: int = 0
 
     def loader(self) -> DataLoader:
-        """The data in order, in batches of ``batch_size``."""
-        return DataLoader(self.data, batch_size=self.batch_size)
+        """The data in order, in batches of ``batch_size``, read by ``workers`` processes (0: in
+        this one), so images stream from disk and only a batch is held at a time."""
+        return DataLoader(
+            self.data,
+            batch_size=self.batch_size,
+            num_workers=self.workers,
+        )
 
     def images(self, n: int | None = None) -> tuple[Tensor, Tensor]:
         """The first ``n`` (default all) images ``(n, C, H, W)`` and labels ``(n,)``."""
