@@ -70,10 +70,29 @@ class ReportContext:
         )
 
     def images(self, n: int | None = None) -> tuple[Tensor, Tensor]:
-        """The first ``n`` (default all) images ``(n, C, H, W)`` and labels ``(n,)``."""
+        """The first ``n`` (default all) images ``(n, C, H, W)`` and labels ``(n,)``; with the
+        default, memory grows with the data set (only the bundled Fashion-MNIST correspondence
+        analysis asks for all)."""
         count = len(self.data) if n is None else min(n, len(self.data))  # type: ignore[arg-type]
         items = [self.data[i] for i in range(count)]
         return torch.stack([x for x, _ in items]), torch.as_tensor([int(y) for _, y in items])
+
+    def first_per_class(self, count: int) -> tuple[Tensor, Tensor]:
+        """The first image of each of the ``count`` smallest labels in the data, in label order:
+        images ``(n, C, H, W)`` and labels ``(n,)``, ``n <= count``.
+
+        One streaming pass over :meth:`loader`, holding at most ``count`` images besides a batch.
+        """
+        firsts: dict[int, Tensor] = {}
+        for inputs, labels in self.loader():
+            for image, label in zip(inputs, labels.tolist(), strict=True):
+                if label in firsts or (len(firsts) >= count and label > max(firsts)):
+                    continue
+                firsts[label] = image.clone()
+                if len(firsts) > count:
+                    del firsts[max(firsts)]
+        order = sorted(firsts)
+        return torch.stack([firsts[c] for c in order]), torch.as_tensor(order)
 
     def save(self, fig: Figure, name: str, alt: str) -> str:
         """Write ``fig`` as ``out/name`` (PNG) and return the ``<img>`` tag that shows it."""

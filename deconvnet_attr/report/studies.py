@@ -48,12 +48,11 @@ def _one_per_class(ctx: ReportContext, count: int) -> tuple[Tensor, Tensor]:
     """Up to ``count`` images of different classes (the first of each), with their labels.
 
     Without known labels: the first ``count`` images, labelled with the model's prediction.
+    Memory: ``count`` images and one batch, whatever the data-set size.
     """
-    images, labels = ctx.images()
     if ctx.has_labels:
-        firsts = [int((labels == c).nonzero()[0]) for c in labels.unique().tolist()][:count]
-        return images[firsts], labels[firsts]
-    images = images[:count]
+        return ctx.first_per_class(count)
+    images, _ = ctx.images(count)
     device = next(ctx.model.parameters()).device
     with torch.no_grad():
         predicted = ctx.model(images.to(device)).argmax(1).cpu()
