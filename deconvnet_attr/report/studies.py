@@ -215,8 +215,9 @@ def _removal_table(ctx: ReportContext, topk: tuple[int, ...]) -> str:
     """Accuracy with each analysed layer removed (passes its input through), for the layers whose
     input and output shapes match; empty when none does."""
     taps = Taps(ctx.model, ctx.layers, record_inputs=True)
+    device = next(ctx.model.parameters()).device
     with torch.no_grad():
-        captured = taps.run(lambda: ctx.model(ctx.images(1)[0]))
+        captured = taps.run(lambda: ctx.model(ctx.images(1)[0].to(device)))
     groups = {
         f"remove {layer}": [module]
         for layer, tapped, (_, module) in zip(ctx.layers, taps.names, taps.resolved, strict=True)
