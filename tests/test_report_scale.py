@@ -127,3 +127,5 @@ def test_first_per_class_streams_the_first_image_of_the_smallest_labels(tmp_path
     firsts = [labels.tolist().index(c) for c in wanted]
     assert got_labels.tolist() == wanted
     assert torch.equal(got_images, images[firsts])
+    fewer_images, fewer_labels = ctx.first_per_class(2)  # from the kept result
+    assert fewer_labels.tolist() == wanted[:2] and torch.equal(fewer_images, images[firsts[:2]])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -59,6 +59,7 @@ class ReportContext:
     atlas: bool = False
     atlas_channels: int | None = None
     workers: int = 0
+    _per_class: tuple[Tensor, Tensor, int] | None = field(default=None, repr=False, compare=False)
 
     def loader(self) -> DataLoader:
         """The data in order, in batches of ``batch_size``, read by ``workers`` processes (0: in
@@ -81,8 +82,13 @@ class ReportContext:
         """The first image of each of the ``count`` smallest labels in the data, in label order:
         images ``(n, C, H, W)`` and labels ``(n,)``, ``n <= count``.
 
-        One streaming pass over :meth:`loader`, holding at most ``count`` images besides a batch.
+        One streaming pass over :meth:`loader`, holding at most ``count`` images besides a batch;
+        the result of the largest ``count`` asked is kept, so a smaller one needs no pass (the
+        first of the ``count`` smallest labels are a prefix of those of more).
         """
+        cached = self._per_class
+        if cached is not None and (len(cached[1]) >= count or cached[2] >= count):
+            return cached[0][:count], cached[1][:count]
         firsts: dict[int, Tensor] = {}
         for inputs, labels in self.loader():
             for image, label in zip(inputs, labels.tolist(), strict=True):
@@ -92,7 +98,9 @@ class ReportContext:
                 if len(firsts) > count:
                     del firsts[max(firsts)]
         order = sorted(firsts)
-        return torch.stack([firsts[c] for c in order]), torch.as_tensor(order)
+        images, labels = torch.stack([firsts[c] for c in order]), torch.as_tensor(order)
+        self._per_class = (images, labels, count)
+        return images, labels
 
     def save(self, fig: Figure, name: str, alt: str) -> str:
         """Write ``fig`` as ``out/name`` (PNG) and return the ``<img>`` tag that shows it."""
