@@ -129,3 +129,21 @@ def test_first_per_class_streams_the_first_image_of_the_smallest_labels(tmp_path
     assert torch.equal(got_images, images[firsts])
     fewer_images, fewer_labels = ctx.first_per_class(2)  # from the kept result
     assert fewer_labels.tolist() == wanted[:2] and torch.equal(fewer_images, images[firsts[:2]])
+
+
+def test_workers_stream_the_same_batches_in_order(tmp_path):
+    images, labels = _quick_data()
+    settings = dict(
+        model=load_reference(),
+        model_name="reference",
+        data=TensorDataset(images, labels),
+        data_name="64 images",
+        layers=["conv1"],
+        out=tmp_path,
+        batch_size=10,
+    )
+    streamed = list(ReportContext(**settings, workers=2).loader())
+    # reference: the data set's rows in order, cut every 10
+    assert [len(x) for x, _ in streamed] == [10] * 6 + [4]
+    assert torch.equal(torch.cat([x for x, _ in streamed]), images)
+    assert torch.equal(torch.cat([y for _, y in streamed]), labels)
