@@ -9,12 +9,12 @@ work=${1:?usage: report_scale.sh WORKDIR [DEVICE]}
 device=${2:-cpu}
 mkdir -p "$work"
 uptime
-/usr/bin/time -v python -m deconvnet_attr.report --out "$work/reference" --device "$device" \
+[ -n "$SKIP_REFERENCE" ] || /usr/bin/time -v python -m deconvnet_attr.report --out "$work/reference" --device "$device" \
     --no-progress 2> "$work/reference.time"
-python benchmarks/make_photos.py "$work" --count 200 --size 224
+python benchmarks/make_photos.py "$work/data" --count 200 --size 224
 uptime
 /usr/bin/time -v python -m deconvnet_attr.report --out "$work/resnet18" --model resnet18 \
-    --images "$work" --atlas-channels 16 --device "$device" --no-progress \
+    --images "$work/data" --atlas-channels 16 --device "$device" --no-progress \
     2> "$work/resnet18.time"
 uptime
 grep -h -E "Elapsed|Maximum resident|User time|System time" "$work"/*.time
