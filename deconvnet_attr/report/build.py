@@ -92,7 +92,7 @@ def write_report(
         if section is not None:
             built.append((section, time.perf_counter() - t0))
     header, atlas_time = "", ""
-    if ctx.atlas:
+    if ctx.atlas and mined:  # nothing mined (e.g. a caller's empty mined): no atlas
         t0 = time.perf_counter()
         try:
             header = write_report_atlas(ctx, mined)
