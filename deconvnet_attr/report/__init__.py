@@ -11,14 +11,23 @@ The package, one job per module:
 
 * :mod:`.context` -- :class:`ReportContext` (what every section shares) and :class:`Section`;
 * :mod:`.build` -- :func:`build_report`: mines the analysed layers once (:func:`mine_layers`),
-  hands the result to every section builder of :data:`SECTIONS`, writes the page;
+  hands the result to every section builder of :data:`SECTIONS`, writes the atlas and the page;
+* :mod:`.atlas` -- :func:`write_report_atlas`: the unit atlas in ``OUT/atlas/`` from that mining;
 * :mod:`.sections` / :mod:`.studies` -- the section builders, per layer / on the whole model;
 * :mod:`.html` -- the markup: tables (from cells or a ``RecordTable``), paragraphs, the page;
 * :mod:`.cli` -- argument parsing and loading the model, images and checkpoints they name.
 """
 
+from .atlas import atlas_channels, write_report_atlas
 from .build import build_report, mine_layers
-from .cli import context_from_args, load_weights, main, parse_args, with_input_normalization
+from .cli import (
+    check_device,
+    context_from_args,
+    load_weights,
+    main,
+    parse_args,
+    with_input_normalization,
+)
 from .context import Mined, ReportContext, Section, SectionBuilder
 from .html import html_table, record_table
 from .paper_sections import fig6_section, table3_retrained_section, transfer_section
@@ -46,7 +55,9 @@ __all__ = [
     "Section",
     "SectionBuilder",
     "ablation_section",
+    "atlas_channels",
     "build_report",
+    "check_device",
     "context_from_args",
     "correspondence_section",
     "evolution_section",
@@ -68,4 +79,5 @@ __all__ = [
     "transfer_section",
     "record_table",
     "with_input_normalization",
+    "write_report_atlas",
 ]

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from deconvnet_attr.cli import one_line
 from deconvnet_attr.mining import TopActivations, top_activations_by_layer
 
+from .atlas import write_report_atlas
 from .context import Mined, ReportContext, Section, SectionBuilder
 from .html import render_page
 from .sections import SECTIONS
@@ -61,7 +62,8 @@ def write_report(
     mined: Mined | None = None,
     raise_errors: bool = False,
 ) -> ReportResult:
-    """Run every section builder and write ``ctx.out/index.html``.
+    """Run every section builder, write the unit atlas (``ctx.atlas``: ``ctx.out/atlas/``,
+    linked from the top of the page) and write ``ctx.out/index.html``.
 
     The analysed layers are mined first (``mined``, default :func:`mine_layers`), and the same
     result goes to every builder, so what a section shows does not depend on which other
@@ -89,14 +91,29 @@ def write_report(
             failed[_title(builder)] = f"{type(error).__name__}: {one_line(error)}"
         if section is not None:
             built.append((section, time.perf_counter() - t0))
+    header, atlas_time = "", ""
+    if ctx.atlas and mined:  # nothing mined (e.g. a caller's empty mined): no atlas
+        t0 = time.perf_counter()
+        try:
+            header = write_report_atlas(ctx, mined)
+        except Exception as error:
+            if raise_errors:
+                raise
+            message = f"{type(error).__name__}: {one_line(error)}"
+            failed["unit atlas"] = message
+            header = (
+                f'<p class="error">The unit atlas failed: <code>{html.escape(message)}</code></p>'
+            )
+        atlas_time = f", {time.perf_counter() - t0:.1f} s the unit atlas"
     total = time.perf_counter() - start
     footer = (
-        f"Built in {total:.1f} s ({mining:.1f} s mining the top activations) by "
+        f"Built in {total:.1f} s ({mining:.1f} s mining the top activations{atlas_time}) by "
         f"<code>{html.escape(ctx.command)}</code> (deconvnet-attr, Zeiler &amp; Fergus 2013)."
     )
     index = ctx.out / "index.html"
     index.write_text(
-        render_page(f"deconvnet-attr report: {ctx.model_name}", built, footer), encoding="utf-8"
+        render_page(f"deconvnet-attr report: {ctx.model_name}", built, footer, header),
+        encoding="utf-8",
     )
     return ReportResult(index, failed)
 

@@ -23,7 +23,14 @@ from deconvnet_attr.taps import resolve_layers
 from .build import write_report
 from .context import ReportContext
 
-__all__ = ["context_from_args", "load_weights", "main", "parse_args", "with_input_normalization"]
+__all__ = [
+    "check_device",
+    "context_from_args",
+    "load_weights",
+    "main",
+    "parse_args",
+    "with_input_normalization",
+]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -81,7 +88,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "the bundled data, 32 for --images)",
     )
     p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="DataLoader processes reading the images (default 0: in the main process)",
+    )
+    p.add_argument(
+        "--device", default="cpu", help="torch device for the model and batches (cpu, cuda, ...)"
+    )
+    p.add_argument(
+        "--atlas",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write the unit atlas into OUT/atlas/, linked from index.html (default: on)",
+    )
+    p.add_argument(
+        "--atlas-channels",
+        default="all",
+        metavar="N|all",
+        help="channels per layer in the atlas: the N strongest, or all (default all)",
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -93,6 +120,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.batch_size is None:
         args.batch_size = 32 if args.images else 256
+    if args.workers < 0:
+        p.error(f"--workers must be 0 or more, got {args.workers}")
+    if args.atlas_channels == "all":
+        args.atlas_channels = None
+    else:
+        try:
+            args.atlas_channels = int(args.atlas_channels)
+        except ValueError:
+            p.error(
+                f"--atlas-channels must be a positive integer or 'all', got {args.atlas_channels!r}"
+            )
+        if args.atlas_channels < 1:
+            p.error(
+                f"--atlas-channels must be a positive integer or 'all', got {args.atlas_channels}"
+            )
     for name in ("max_images", "k", "channels", "batch_size", "input_size", "resize"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -207,10 +249,30 @@ def _image_folder(
     return folder, tuple(class_names)
 
 
+def check_device(name: str) -> torch.device:
+    """``name`` as a ``torch.device``; ``ValueError`` naming it when it is not a device string
+    or the device is not available here (e.g. ``cuda`` on a machine without a GPU)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"--device {name!r} is not a torch device: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None:
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"--device {name!r}: only {torch.cuda.device_count()} CUDA devices here"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name!r}: MPS is not available on this machine")
+    return device
+
+
 def context_from_args(args: argparse.Namespace, command: str = "") -> ReportContext:
     """Load the model, images and checkpoints named by the command-line arguments."""
     if bool(args.mean) != bool(args.std):
         raise ValueError("--mean and --std go together")
+    check_device(args.device)
 
     def prepared(net: nn.Module) -> nn.Module:
         if args.mean:
@@ -297,6 +359,9 @@ def context_from_args(args: argparse.Namespace, command: str = "") -> ReportCont
         quick=args.quick,
         command=command,
         parts=parts,
+        atlas=args.atlas,
+        atlas_channels=args.atlas_channels,
+        workers=args.workers,
     )
 
 

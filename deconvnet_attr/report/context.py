@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -35,7 +35,9 @@ class ReportContext:
     (labels are -1 when unknown); ``layers`` are names of spatial layers of ``model`` analysed in
     the per-layer sections; ``checkpoints`` maps an epoch to a model (training snapshots);
     ``parts`` are the object parts of the correspondence analysis
-    (:data:`~deconvnet_attr.analysis.correspondence.FASHION_MNIST_PARTS` for Fashion-MNIST).
+    (:data:`~deconvnet_attr.analysis.correspondence.FASHION_MNIST_PARTS` for Fashion-MNIST);
+    ``atlas`` writes the unit atlas into ``out/atlas/`` (``atlas_channels``: the strongest that
+    many channels per layer, ``None`` all); ``workers``: DataLoader processes reading the data.
     """
 
     model: nn.Module
@@ -54,16 +56,51 @@ class ReportContext:
     quick: bool = False
     command: str = ""
     parts: Sequence | None = None
+    atlas: bool = False
+    atlas_channels: int | None = None
+    workers: int = 0
+    _per_class: tuple[Tensor, Tensor, int] | None = field(default=None, repr=False, compare=False)
 
     def loader(self) -> DataLoader:
-        """The data in order, in batches of ``batch_size``."""
-        return DataLoader(self.data, batch_size=self.batch_size)
+        """The data in order, in batches of ``batch_size``, read by ``workers`` processes (0: in
+        this one), so images stream from disk and only a batch is held at a time."""
+        return DataLoader(
+            self.data,
+            batch_size=self.batch_size,
+            num_workers=self.workers,
+        )
 
     def images(self, n: int | None = None) -> tuple[Tensor, Tensor]:
-        """The first ``n`` (default all) images ``(n, C, H, W)`` and labels ``(n,)``."""
+        """The first ``n`` (default all) images ``(n, C, H, W)`` and labels ``(n,)``; with the
+        default, memory grows with the data set (only the bundled Fashion-MNIST correspondence
+        analysis asks for all)."""
         count = len(self.data) if n is None else min(n, len(self.data))  # type: ignore[arg-type]
         items = [self.data[i] for i in range(count)]
         return torch.stack([x for x, _ in items]), torch.as_tensor([int(y) for _, y in items])
+
+    def first_per_class(self, count: int) -> tuple[Tensor, Tensor]:
+        """The first image of each of the ``count`` smallest labels in the data, in label order:
+        images ``(n, C, H, W)`` and labels ``(n,)``, ``n <= count``.
+
+        One streaming pass over :meth:`loader`, holding at most ``count`` images besides a batch;
+        the result of the largest ``count`` asked is kept, so a smaller one needs no pass (the
+        first of the ``count`` smallest labels are a prefix of those of more).
+        """
+        cached = self._per_class
+        if cached is not None and (len(cached[1]) >= count or cached[2] >= count):
+            return cached[0][:count], cached[1][:count]
+        firsts: dict[int, Tensor] = {}
+        for inputs, labels in self.loader():
+            for image, label in zip(inputs, labels.tolist(), strict=True):
+                if label in firsts or (len(firsts) >= count and label > max(firsts)):
+                    continue
+                firsts[label] = image.clone()
+                if len(firsts) > count:
+                    del firsts[max(firsts)]
+        order = sorted(firsts)
+        images, labels = torch.stack([firsts[c] for c in order]), torch.as_tensor(order)
+        self._per_class = (images, labels, count)
+        return images, labels
 
     def save(self, fig: Figure, name: str, alt: str) -> str:
         """Write ``fig`` as ``out/name`` (PNG) and return the ``<img>`` tag that shows it."""

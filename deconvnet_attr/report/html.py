@@ -42,9 +42,12 @@ def paragraph(text: str) -> str:
     return f"<p>{html.escape(text)}</p>"
 
 
-def render_page(title: str, built: Sequence[tuple[Section, float]], footer: str) -> str:
-    """The whole HTML page: ``title``, a table of contents, each ``(section, seconds it took)``
-    and a footer line (``footer`` is HTML, already escaped)."""
+def render_page(
+    title: str, built: Sequence[tuple[Section, float]], footer: str, header: str = ""
+) -> str:
+    """The whole HTML page: ``title``, ``header`` (HTML, e.g. the link to the unit atlas), a
+    table of contents, each ``(section, seconds it took)`` and a footer line (``footer`` is HTML,
+    already escaped)."""
     toc = "".join(
         f'<li><a href="#s{i}">{html.escape(s.title)}</a></li>' for i, (s, _) in enumerate(built)
     )
@@ -56,7 +59,7 @@ def render_page(title: str, built: Sequence[tuple[Section, float]], footer: str)
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>\n"
-        f"<h1>{html.escape(title)}</h1><ol>{toc}</ol>\n"
+        f"<h1>{html.escape(title)}</h1>{header}<ol>{toc}</ol>\n"
         + "\n".join(parts)
         + f"\n<footer>{footer}</footer></body></html>\n"
     )

@@ -60,15 +60,17 @@ def _low_high_layers(ctx: ReportContext, low: str, high: str) -> list[str]:
 
 def examples_of_classes(ctx: ReportContext, count: int) -> tuple[Tensor, Tensor]:
     """Up to ``count`` images of different classes (the first of each): on Fashion-MNIST those of
-    :data:`FASHION_MNIST_FIG5_CLASSES` (the docs' images), else classes spread evenly over those
-    present, with their labels. Without known labels: the first ``count`` images, labelled with
-    the model's prediction."""
-    images, labels = ctx.images()
+    :data:`FASHION_MNIST_FIG5_CLASSES` (the docs' images), else the first ``count`` classes met
+    while streaming the data, with their labels. Without known labels: the first ``count``
+    images, labelled with the model's prediction. Memory: ``count`` images and one batch, except
+    on the (small) Fashion-MNIST data, which is held whole to pick the docs' classes."""
     if ctx.has_labels:
-        fashion = tuple(ctx.class_names or ()) == FASHION_MNIST_CLASSES
-        picks = first_of_classes(labels, FASHION_MNIST_FIG5_CLASSES if fashion else None, count)
-        return images[picks[:count]], labels[picks[:count]]
-    images = images[:count]
+        if tuple(ctx.class_names or ()) == FASHION_MNIST_CLASSES:
+            images, labels = ctx.images()
+            picks = first_of_classes(labels, FASHION_MNIST_FIG5_CLASSES, count)
+            return images[picks[:count]], labels[picks[:count]]
+        return ctx.first_per_class(count)
+    images, _ = ctx.images(count)
     device = next(ctx.model.parameters()).device
     with torch.no_grad():
         predicted = ctx.model(images.to(device)).argmax(1).cpu()
@@ -300,8 +302,9 @@ def _removal_table(ctx: ReportContext, topk: tuple[int, ...]) -> str:
     """Accuracy with each analysed layer removed (passes its input through), for the layers whose
     input and output shapes match; empty when none does."""
     taps = Taps(ctx.model, ctx.layers, record_inputs=True)
+    device = next(ctx.model.parameters()).device
     with torch.no_grad():
-        captured = taps.run(lambda: ctx.model(ctx.images(1)[0]))
+        captured = taps.run(lambda: ctx.model(ctx.images(1)[0].to(device)))
     groups = {
         f"remove {layer}": [module]
         for layer, tapped, (_, module) in zip(ctx.layers, taps.names, taps.resolved, strict=True)

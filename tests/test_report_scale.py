@@ -1,0 +1,149 @@
+"""The report at scale: its unit atlas (OUT/atlas/, linked from index.html), streamed data,
+bounded sections, and the device option."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from deconvnet_attr.cli import main as cli_main
+from deconvnet_attr.data import load_eval_subset
+from deconvnet_attr.models import load_reference
+from deconvnet_attr.report import ReportContext, main
+
+QUICK_LAYERS = ["conv1", "conv2"]  # --quick analyses the first two reference layers
+
+
+def _links(page: Path) -> list[str]:
+    return re.findall(r'<a [^>]*href="([^"]+)"', page.read_text(encoding="utf-8"))
+
+
+def _tile_channels(page: Path) -> list[int]:
+    return [int(c) for c in re.findall(r'class="tile"[^>]*data-channel="(\d+)"', page.read_text())]
+
+
+def _quick_data() -> tuple[torch.Tensor, torch.Tensor]:
+    """The 64 images --quick uses: evenly spaced over the bundled subset."""
+    images, labels = load_eval_subset()
+    picks = torch.linspace(0, len(images) - 1, 64).round().long()
+    return images[picks], labels[picks]
+
+
+def _strongest_by_brute_force(layer: str, k: int, count: int) -> list[int]:
+    """Channels by mean of their top-``k`` per-image maxima over the quick data, strongest
+    first, from a plain forward pass (no mining code)."""
+    model = load_reference().eval()
+    images, _ = _quick_data()
+    captured = {}
+    handle = getattr(model, layer).register_forward_hook(lambda m, i, o: captured.update(out=o))
+    with torch.no_grad():
+        model(images)
+    handle.remove()
+    maxima = captured["out"].flatten(2).amax(2)  # (N, C)
+    score = maxima.topk(k, dim=0).values.mean(0)
+    return torch.argsort(score, descending=True, stable=True)[:count].tolist()
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("scale") / "report"
+    assert main(["--out", str(out), "--quick", "--no-progress", "--device", "cpu"]) == 0
+    return out
+
+
+def test_the_report_links_its_atlas_listing_every_analysed_layer(quick_report):
+    assert "atlas/index.html" in _links(quick_report / "index.html")
+    atlas = quick_report / "atlas" / "index.html"
+    assert atlas.is_file()
+    assert [link for link in _links(atlas) if re.fullmatch(r"layer-[^/]+\.html", link)] == [
+        f"layer-{layer}.html" for layer in QUICK_LAYERS
+    ]
+    model = load_reference()
+    for layer in QUICK_LAYERS:  # default: every channel of the layer
+        channels = getattr(model, layer).out_channels
+        assert sorted(_tile_channels(quick_report / "atlas" / f"layer-{layer}.html")) == list(
+            range(channels)
+        )
+
+
+def test_atlas_channels_keeps_the_strongest(tmp_path):
+    out = tmp_path / "report"
+    argv = ["--out", str(out), "--quick", "--no-progress", "--atlas-channels", "3", "--k", "4"]
+    assert main(argv) == 0
+    for layer in QUICK_LAYERS:
+        shown = _tile_channels(out / "atlas" / f"layer-{layer}.html")
+        assert sorted(shown) == sorted(_strongest_by_brute_force(layer, k=4, count=3))
+
+
+def test_no_atlas_writes_none_and_links_none(tmp_path):
+    out = tmp_path / "report"
+    assert main(["--out", str(out), "--quick", "--no-progress", "--no-atlas"]) == 0
+    assert not (out / "atlas").exists()
+    assert "atlas/index.html" not in _links(out / "index.html")
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "some"])
+def test_bad_atlas_channels_are_named(tmp_path, bad, capsys):
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--atlas-channels", bad])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--atlas-channels" in last and last.rstrip("'").endswith(bad), last
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unavailable_cuda_is_a_one_line_error(tmp_path, capsys):
+    status = cli_main(["report", "--out", str(tmp_path / "r"), "--quick", "--device", "cuda"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert len(err) == 1 and err[0].startswith("error: ") and "'cuda'" in err[0], err
+    assert not (tmp_path / "r" / "index.html").exists()
+
+
+def test_not_a_device_is_a_one_line_error(tmp_path, capsys):
+    status = cli_main(["report", "--out", str(tmp_path / "r"), "--device", "gpu9"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and "'gpu9'" in err[0], err
+
+
+def test_first_per_class_streams_the_first_image_of_the_smallest_labels(tmp_path):
+    images, labels = load_eval_subset()
+    images, labels = images[:300], labels[:300]
+    ctx = ReportContext(
+        model=load_reference(),
+        model_name="reference",
+        data=TensorDataset(images, labels),
+        data_name="300 images",
+        layers=["conv1"],
+        out=tmp_path,
+        batch_size=7,
+    )
+    got_images, got_labels = ctx.first_per_class(4)
+    # by hand: the smallest 4 labels present, each with the index of its first occurrence
+    wanted = sorted(set(labels.tolist()))[:4]
+    firsts = [labels.tolist().index(c) for c in wanted]
+    assert got_labels.tolist() == wanted
+    assert torch.equal(got_images, images[firsts])
+    fewer_images, fewer_labels = ctx.first_per_class(2)  # from the kept result
+    assert fewer_labels.tolist() == wanted[:2] and torch.equal(fewer_images, images[firsts[:2]])
+
+
+def test_workers_stream_the_same_batches_in_order(tmp_path):
+    images, labels = _quick_data()
+    settings = dict(
+        model=load_reference(),
+        model_name="reference",
+        data=TensorDataset(images, labels),
+        data_name="64 images",
+        layers=["conv1"],
+        out=tmp_path,
+        batch_size=10,
+    )
+    streamed = list(ReportContext(**settings, workers=2).loader())
+    # reference: the data set's rows in order, cut every 10
+    assert [len(x) for x, _ in streamed] == [10] * 6 + [4]
+    assert torch.equal(torch.cat([x for x, _ in streamed]), images)
+    assert torch.equal(torch.cat([y for _, y in streamed]), labels)
