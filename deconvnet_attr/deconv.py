@@ -252,16 +252,9 @@ def _ruled_gradients(
     return _format_output(is_inputs_tuple, gradients)
 
 
-class Deconvolution(GradientAttribution):
-    r"""Drop-in for :class:`captum.attr.Deconvolution` that rules *every* activation.
+_MODEL_ASSERT = "Given model must be an instance of torch.nn.Module to properly hook ReLU layers."
 
-    Same constructor, ``attribute`` signature, argument meanings, return shapes and errors as
-    Captum's class. Captum hooks only ``nn.ReLU`` modules, so on models with functional ReLUs,
-    SiLU/GELU/Hardswish activations (GoogLeNet, MobileNet, EfficientNet, ConvNeXt, DenseNet's final
-    ReLU) it silently returns plain gradients; here those activations get the deconvnet rule too.
-    Where Captum sees every activation, the numbers are identical. Like Captum, an in-place first
-    op (``nn.ReLU(inplace=True)``) works and leaves the caller's inputs untouched.
-
+_DROP_IN_NOTES = """
     Dropout in training mode stays active under the attribution, as in Captum: the forward pass
     is the model's own, so a model in ``train()`` mode drops random units in each call (call
     ``model.eval()`` for deterministic results; the training flags are never changed). Inputs
@@ -269,14 +262,20 @@ class Deconvolution(GradientAttribution):
     under ``torch.inference_mode()`` it raises
     :class:`~deconvnet_attr.checks.GradientsDisabledError`. Targets must be integers (a ``str``,
     ``float``, ``bool`` or float tensor raises TypeError naming it).
-    """
+"""
+
+
+class RuledGradient(GradientAttribution):
+    """The body of the Captum drop-ins for ``Deconvolution`` / ``GuidedBackprop``: Captum's
+    constructor and ``attribute(inputs, target=None, additional_forward_args=None)``, every
+    activation under the subclass's :attr:`rule`."""
+
+    rule: Rule = DECONVNET
 
     def __init__(self, model: nn.Module) -> None:
         GradientAttribution.__init__(self, model)
         self.model = model
-        assert isinstance(self.model, nn.Module), (
-            "Given model must be an instance of torch.nn.Module to properly hook ReLU layers."
-        )
+        assert isinstance(self.model, nn.Module), _MODEL_ASSERT
 
     @log_usage()
     def attribute(
@@ -285,7 +284,7 @@ class Deconvolution(GradientAttribution):
         target: TargetType = None,
         additional_forward_args: Any = None,
     ) -> TensorOrTupleOfTensorsGeneric:
-        r"""Deconvolution attributions, exactly as :meth:`captum.attr.Deconvolution.attribute`.
+        r"""Attributions under the rule, exactly as Captum's ``attribute`` of the same class.
 
         Args:
             inputs: tensor or tuple of tensors (N, ...).
@@ -302,38 +301,30 @@ class Deconvolution(GradientAttribution):
             inputs,
             target,
             additional_forward_args,
+            rule=self.rule,
         )
 
     def attribute_future(self) -> Callable:
-        raise NotImplementedError("attribute_future is not implemented for Deconvolution")
+        raise NotImplementedError(f"attribute_future is not implemented for {type(self).__name__}")
 
 
-class NeuronDeconvolution(NeuronAttribution, GradientAttribution):
-    r"""Drop-in for :class:`captum.attr.NeuronDeconvolution` that rules *every* activation.
+class RuledNeuronGradient(NeuronAttribution, GradientAttribution):
+    """The body of the Captum drop-ins for ``NeuronDeconvolution`` / ``NeuronGuidedBackprop``:
+    Captum's constructor (``model, layer, device_ids=None``; ``layer`` also by dotted name) and
+    ``attribute(inputs, neuron_selector, additional_forward_args=None,
+    attribute_to_neuron_input=False)``, every activation under the subclass's :attr:`rule`. Each
+    call builds its own neuron gradient function: nothing shared is changed, so concurrent calls
+    with different neurons do not interfere."""
 
-    Same constructor (``model, layer, device_ids=None``), ``attribute(inputs, neuron_selector,
-    additional_forward_args=None, attribute_to_neuron_input=False)``, argument meanings and
-    returns as Captum's class; the activation coverage of :class:`Deconvolution`. Each call
-    builds its own neuron gradient function: nothing shared is changed, so concurrent calls with
-    different neurons do not interfere.
-
-    Dropout in training mode stays active under the attribution, as in Captum: the forward pass
-    is the model's own, so a model in ``train()`` mode drops random units in each call (call
-    ``model.eval()`` for deterministic results; the training flags are never changed). Inputs
-    holding NaN or infinite values raise ValueError naming the examples; so do empty batches;
-    under ``torch.inference_mode()`` it raises
-    :class:`~deconvnet_attr.checks.GradientsDisabledError`. Targets must be integers (a ``str``,
-    ``float``, ``bool`` or float tensor raises TypeError naming it).
-    """
+    rule: Rule = DECONVNET
 
     def __init__(
-        self, model: nn.Module, layer: nn.Module, device_ids: list[int] | None = None
+        self, model: nn.Module, layer: LayerSpec, device_ids: list[int] | None = None
     ) -> None:
-        NeuronAttribution.__init__(self, model, layer, device_ids)
+        assert isinstance(model, nn.Module), _MODEL_ASSERT
+        _, module = resolve_layer(model, layer)
+        NeuronAttribution.__init__(self, model, module, device_ids)
         GradientAttribution.__init__(self, model)
-        assert isinstance(model, nn.Module), (
-            "Given model must be an instance of torch.nn.Module to properly hook ReLU layers."
-        )
         self.model = model
 
     @log_usage()
@@ -344,7 +335,7 @@ class NeuronDeconvolution(NeuronAttribution, GradientAttribution):
         additional_forward_args: Any = None,
         attribute_to_neuron_input: bool = False,
     ) -> TensorOrTupleOfTensorsGeneric:
-        r"""Deconvolution attributions of one neuron, as Captum's ``NeuronDeconvolution``.
+        r"""Attributions of one neuron under the rule, as Captum's ``attribute`` of the class.
 
         Args:
             inputs: tensor or tuple of tensors (N, ...).
@@ -360,5 +351,40 @@ class NeuronDeconvolution(NeuronAttribution, GradientAttribution):
             self.layer, neuron_selector, self.device_ids, attribute_to_neuron_input
         )
         return _ruled_gradients(
-            self.model, gradient_func, self.forward_func, inputs, None, additional_forward_args
+            self.model,
+            gradient_func,
+            self.forward_func,
+            inputs,
+            None,
+            additional_forward_args,
+            rule=self.rule,
         )
+
+
+class Deconvolution(RuledGradient):
+    r"""Drop-in for :class:`captum.attr.Deconvolution` that rules *every* activation.
+
+    Same constructor, ``attribute`` signature, argument meanings, return shapes and errors as
+    Captum's class. Captum hooks only ``nn.ReLU`` modules, so on models with functional ReLUs,
+    SiLU/GELU/Hardswish activations (GoogLeNet, MobileNet, EfficientNet, ConvNeXt, DenseNet's final
+    ReLU) it silently returns plain gradients; here those activations get the deconvnet rule too.
+    Where Captum sees every activation, the numbers are identical. Like Captum, an in-place first
+    op (``nn.ReLU(inplace=True)``) works and leaves the caller's inputs untouched.
+    """
+
+    rule = DECONVNET
+
+
+class NeuronDeconvolution(RuledNeuronGradient):
+    r"""Drop-in for :class:`captum.attr.NeuronDeconvolution` that rules *every* activation.
+
+    Same constructor (``model, layer, device_ids=None``), ``attribute(inputs, neuron_selector,
+    additional_forward_args=None, attribute_to_neuron_input=False)``, argument meanings and
+    returns as Captum's class; the activation coverage of :class:`Deconvolution`.
+    """
+
+    rule = DECONVNET
+
+
+for _drop_in in (Deconvolution, NeuronDeconvolution):
+    _drop_in.__doc__ = (_drop_in.__doc__ or "") + _DROP_IN_NOTES

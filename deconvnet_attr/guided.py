@@ -13,11 +13,10 @@ every activation (``nn.ReLU``-only models) the numbers are identical.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import torch
-from captum.attr import GradientAttribution, LayerAttribution, LayerGradCam, NeuronAttribution
+from captum.attr import GradientAttribution, LayerAttribution, LayerGradCam
 from captum.log import log_usage
 from torch import Tensor, nn
 
@@ -27,18 +26,15 @@ from deconvnet_attr.captum_compat import (
     _format_output,
     _format_tensor_into_tuples,
     _is_tuple,
-    construct_neuron_grad_fn,
 )
-from deconvnet_attr.deconv import _ruled_gradients
+from deconvnet_attr.deconv import RuledGradient, RuledNeuronGradient
 from deconvnet_attr.rules import GUIDED
 from deconvnet_attr.taps import LayerSpec, resolve_layer
 
 __all__ = ["GuidedBackprop", "GuidedGradCam", "NeuronGuidedBackprop"]
 
-_MODEL_ASSERT = "Given model must be an instance of torch.nn.Module to properly hook ReLU layers."
 
-
-class GuidedBackprop(GradientAttribution):
+class GuidedBackprop(RuledGradient):
     r"""Drop-in for :class:`captum.attr.GuidedBackprop` that guides *every* activation.
 
     Same constructor, ``attribute(inputs, target=None, additional_forward_args=None)``, argument
@@ -47,43 +43,10 @@ class GuidedBackprop(GradientAttribution):
     rule, for smooth activations (GELU, SiLU, ...) its natural extension.
     """
 
-    def __init__(self, model: nn.Module) -> None:
-        GradientAttribution.__init__(self, model)
-        self.model = model
-        assert isinstance(self.model, nn.Module), _MODEL_ASSERT
-
-    @log_usage()
-    def attribute(
-        self,
-        inputs: TensorOrTupleOfTensorsGeneric,
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-    ) -> TensorOrTupleOfTensorsGeneric:
-        r"""Guided backpropagation attributions, as :meth:`captum.attr.GuidedBackprop.attribute`.
-
-        Args:
-            inputs: tensor or tuple of tensors (N, ...).
-            target: Captum's ``TargetType``: output indices for which gradients are computed.
-            additional_forward_args: passed to the model after ``inputs``.
-
-        Returns:
-            Tensor or tuple of tensors shaped like ``inputs``.
-        """
-        return _ruled_gradients(
-            self.model,
-            self.gradient_func,
-            self.forward_func,
-            inputs,
-            target,
-            additional_forward_args,
-            rule=GUIDED,
-        )
-
-    def attribute_future(self) -> Callable:
-        raise NotImplementedError("attribute_future is not implemented for GuidedBackprop")
+    rule = GUIDED
 
 
-class NeuronGuidedBackprop(NeuronAttribution, GradientAttribution):
+class NeuronGuidedBackprop(RuledNeuronGradient):
     r"""Drop-in for :class:`captum.attr.NeuronGuidedBackprop` that guides *every* activation.
 
     Same constructor (``model, layer, device_ids=None``; ``layer`` also by dotted name),
@@ -92,47 +55,7 @@ class NeuronGuidedBackprop(NeuronAttribution, GradientAttribution):
     builds its own neuron gradient function: concurrent calls do not interfere.
     """
 
-    def __init__(
-        self, model: nn.Module, layer: LayerSpec, device_ids: list[int] | None = None
-    ) -> None:
-        assert isinstance(model, nn.Module), _MODEL_ASSERT
-        _, module = resolve_layer(model, layer)
-        NeuronAttribution.__init__(self, model, module, device_ids)
-        GradientAttribution.__init__(self, model)
-        self.model = model
-
-    @log_usage()
-    def attribute(
-        self,
-        inputs: TensorOrTupleOfTensorsGeneric,
-        neuron_selector: int | tuple | Callable,
-        additional_forward_args: Any = None,
-        attribute_to_neuron_input: bool = False,
-    ) -> TensorOrTupleOfTensorsGeneric:
-        r"""Guided backpropagation of one neuron, as Captum's ``NeuronGuidedBackprop``.
-
-        Args:
-            inputs: tensor or tuple of tensors (N, ...).
-            neuron_selector: int (2-D layer output), tuple of ints/slices (one per non-batch
-                dim; slices sum the neurons) or a callable ``layer output -> (N,)`` tensor.
-            additional_forward_args: passed to the model after ``inputs``.
-            attribute_to_neuron_input: attribute to the layer's input instead of its output.
-
-        Returns:
-            Tensor or tuple of tensors shaped like ``inputs``.
-        """
-        gradient_func = construct_neuron_grad_fn(
-            self.layer, neuron_selector, self.device_ids, attribute_to_neuron_input
-        )
-        return _ruled_gradients(
-            self.model,
-            gradient_func,
-            self.forward_func,
-            inputs,
-            None,
-            additional_forward_args,
-            rule=GUIDED,
-        )
+    rule = GUIDED
 
 
 class GuidedGradCam(GradientAttribution):

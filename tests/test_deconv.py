@@ -493,3 +493,21 @@ def test_no_activation_warns():
     with pytest.warns(UserWarning, match="No activation function"):
         ours = DeconvProjection(net).attribute(x, target=1)
     torch.testing.assert_close(ours, ca.Saliency(net).attribute(x, target=1, abs=False))
+
+
+def test_neuron_dropins_take_a_layer_by_dotted_name():
+    """NeuronDeconvolution (like NeuronGuidedBackprop) takes a layer by dotted name; Captum's own
+    class on the module is the reference (SeqNet: nn.ReLU modules, which Captum's hooks see); a
+    misspelt name raises LayerError naming it."""
+    from deconvnet_attr.taps import LayerError
+
+    torch.manual_seed(3)
+    net = SeqNet().eval()
+    x = torch.randn(2, 3, 16, 16)
+    by_name = NeuronDeconvolution(net, "body.3").attribute(x, (1, 2, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = ca.NeuronDeconvolution(net, net.body[3]).attribute(x, (1, 2, 2))
+    torch.testing.assert_close(by_name, expected)
+    with pytest.raises(LayerError, match="body.9"):
+        NeuronDeconvolution(net, "body.9")
