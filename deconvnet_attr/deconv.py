@@ -38,6 +38,18 @@ from deconvnet_attr.seeds import NeuronSpec, _channels, _layer_seed, _output_ind
 from deconvnet_attr.state import preserved_state
 from deconvnet_attr.taps import LayerSpec, Taps, display_name, resolve_layer
 
+_DROP_IN_NOTES = """
+    Dropout in training mode stays active under the attribution, as in Captum: the forward pass
+    is the model's own, so a model in ``train()`` mode drops random units in each call (call
+    ``model.eval()`` for deterministic results; the training flags are never changed). Inputs
+    holding NaN or infinite values raise ValueError naming the examples; so do empty batches;
+    under ``torch.inference_mode()`` it raises
+    :class:`~deconvnet_attr.checks.GradientsDisabledError`. Targets must be integers (a ``str``,
+    ``float``, ``bool`` or float tensor raises TypeError naming it).
+"""
+"""What every ruled attribution class adds to its docstring: train-mode dropout and the input
+errors (appended at import, so the text is written once)."""
+
 
 @contextmanager
 def _deconvnet(
@@ -115,14 +127,6 @@ class DeconvProjection(GradientAttribution):
     index, and ``neuron`` ``"max"`` or ``"all"`` (the same single unit). ``layer`` on a
     TorchScript model (``torch.jit.script`` / ``trace``) raises ValueError: TorchScript hides the
     layers.
-
-    Dropout in training mode stays active under the attribution, as in Captum: the forward pass
-    is the model's own, so a model in ``train()`` mode drops random units in each call (call
-    ``model.eval()`` for deterministic results; the training flags are never changed). Inputs
-    holding NaN or infinite values raise ValueError naming the examples; so do empty batches;
-    under ``torch.inference_mode()`` it raises
-    :class:`~deconvnet_attr.checks.GradientsDisabledError`. Targets must be integers (a ``str``,
-    ``float``, ``bool`` or float tensor raises TypeError naming it).
     """
 
     def __init__(
@@ -254,16 +258,6 @@ def _ruled_gradients(
 
 _MODEL_ASSERT = "Given model must be an instance of torch.nn.Module to properly hook ReLU layers."
 
-_DROP_IN_NOTES = """
-    Dropout in training mode stays active under the attribution, as in Captum: the forward pass
-    is the model's own, so a model in ``train()`` mode drops random units in each call (call
-    ``model.eval()`` for deterministic results; the training flags are never changed). Inputs
-    holding NaN or infinite values raise ValueError naming the examples; so do empty batches;
-    under ``torch.inference_mode()`` it raises
-    :class:`~deconvnet_attr.checks.GradientsDisabledError`. Targets must be integers (a ``str``,
-    ``float``, ``bool`` or float tensor raises TypeError naming it).
-"""
-
 
 class RuledGradient(GradientAttribution):
     """The body of the Captum drop-ins for ``Deconvolution`` / ``GuidedBackprop``: Captum's
@@ -386,5 +380,5 @@ class NeuronDeconvolution(RuledNeuronGradient):
     rule = DECONVNET
 
 
-for _drop_in in (Deconvolution, NeuronDeconvolution):
+for _drop_in in (DeconvProjection, Deconvolution, NeuronDeconvolution):
     _drop_in.__doc__ = (_drop_in.__doc__ or "") + _DROP_IN_NOTES

@@ -27,7 +27,7 @@ from deconvnet_attr.captum_compat import (
     _format_tensor_into_tuples,
     _is_tuple,
 )
-from deconvnet_attr.deconv import RuledGradient, RuledNeuronGradient
+from deconvnet_attr.deconv import _DROP_IN_NOTES, RuledGradient, RuledNeuronGradient
 from deconvnet_attr.rules import GUIDED
 from deconvnet_attr.taps import LayerSpec, resolve_layer
 
@@ -142,3 +142,7 @@ def _times_map(guided: Tensor, cam: Tensor, x: Tensor, mode: str) -> Tensor:
             stacklevel=3,
         )
         return torch.empty(0)
+
+
+for _drop_in in (GuidedBackprop, NeuronGuidedBackprop):
+    _drop_in.__doc__ = (_drop_in.__doc__ or "") + _DROP_IN_NOTES
