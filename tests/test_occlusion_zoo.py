@@ -219,3 +219,59 @@ def test_estimate_arithmetic():
     assert not slow.chosen and "cost model" in str(slow)
     tiny = estimate(RunStats(conv_macs=10**9, conv_macs_full=10**9), 1)
     assert tiny.chosen and not tiny.decided
+
+
+def test_cost_model_decides_before_the_first_batch(monkeypatch):
+    """A plan that goes global at the stem (GroupNorm: statistics over space) is estimated
+    slower before any occluded batch runs: the executor never runs, every batch is a full
+    recomputation, and the result equals Captum's. The dry count equals the executor's."""
+    from deconvnet_attr.incremental import cost, executor, forward
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU(), nn.Conv2d(8, 8, 3),
+        nn.Flatten(), nn.LazyLinear(5),
+    )  # fmt: skip
+    x = torch.rand(1, 3, 20, 20)
+    model(x)
+    model.eval()
+    monkeypatch.setattr(cost, "DECIDED_FROM", 0.0)  # a verdict however small the batch
+    runs = []
+    real_run = executor.Executor.run
+    monkeypatch.setattr(
+        forward.Executor, "run", lambda self, *a: runs.append(1) or real_run(self, *a)
+    )
+    kwargs = dict(sliding_window_shapes=(3, 4, 4), strides=4, target=2, perturbations_per_eval=5)
+    expected = CaptumOcclusion(model).attribute(x, **kwargs)
+    occlusion = Occlusion(model)
+    got = occlusion.attribute(x, **kwargs)
+    run = occlusion.last_run
+    assert runs == [] and run.path == "full" and run.reason == str(run.estimate)
+    assert not run.estimate.chosen and run.estimate.speedup < 1
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    # the dry count: the stem convolution saves, everything after the GroupNorm is full
+    stem, tail = 8 * 3 * 9 * 20 * 20, 8 * 8 * 9 * 18 * 18
+    assert run.stats.batches == 1 and run.stats.conv_macs_full == 5 * (stem + tail)
+    assert 5 * tail < run.stats.conv_macs < 5 * (stem + tail)
+
+
+@pytest.mark.parametrize("spec", ["tv:resnet18", "tv:googlenet", "timm:ghostnet_100"])
+def test_dry_count_equals_the_executors_count(spec):
+    """The cost model's dry count of a batch is the work the executor then counts running it."""
+    from deconvnet_attr.incremental.dry import dry_run
+
+    source, name = spec.split(":")
+    torch.manual_seed(0)
+    engine = IncrementalForward(build(source, name), cost_model=False)
+    x = torch.rand(1, 3, 64, 64)
+    engine(x)
+    batch = x.repeat(6, 1, 1, 1)
+    for b in range(6):
+        top, left = 20 * (b // 3), 24 * (b % 3) + 2
+        batch[b, :, top : top + 12, left : left + 12] = 0.5
+    counted = dry_run(engine.plan, (batch,), 6, engine.full_fraction)
+    engine(batch)
+    ran = engine.stats
+    assert (counted.conv_macs, counted.conv_macs_full) == (ran.conv_macs, ran.conv_macs_full)
+    assert (counted.moved, counted.rect_ops) == (ran.moved, ran.rect_ops)
+    assert 0 < ran.conv_macs < ran.conv_macs_full

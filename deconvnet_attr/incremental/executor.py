@@ -20,7 +20,15 @@ from torch.fx import Node
 from torch.fx.node import map_arg
 
 from deconvnet_attr.geometry import GeometryError
-from deconvnet_attr.incremental.patches import UNCHANGED, Patch, bounds, gather, paste, place
+from deconvnet_attr.incremental.patches import (
+    UNCHANGED,
+    Patch,
+    Rect,
+    changed_rect,
+    gather,
+    paste,
+    place,
+)
 from deconvnet_attr.incremental.plan import Plan
 
 
@@ -85,21 +93,12 @@ class Executor:
 
     def _diff(self, value: Any, ref: Any, copies: int) -> Any:
         """The placeholder's value as UNCHANGED, a patch, or itself."""
-        if not isinstance(value, Tensor):
-            return value
-        n = ref.shape[0]
-        changed = (value.view(copies, n, *ref.shape[1:]) != ref).view(value.shape)
-        if ref.dim() != 4:
-            return value if changed.any() else UNCHANGED
-        changed = changed.any(1)
-        height, width = ref.shape[-2:]
-        top, h = place(*bounds(changed.any(2)), height)
-        left, w = place(*bounds(changed.any(1)), width)
-        if h == 0:
-            return UNCHANGED
-        if h * w >= self.full_fraction * height * width:
-            return value
-        return Patch(gather(value, None, top, left, h, w, 0.0), top, left)
+        found = changed_rect(value, ref, copies, self.full_fraction)
+        if not isinstance(found, Rect):
+            return found
+        return Patch(
+            gather(value, None, found.top, found.left, found.h, found.w, 0.0), found.top, found.left
+        )
 
     def _step(self, node: Node, env: dict[Node, Any], copies: int) -> Any:
         net = self.net

@@ -9,6 +9,7 @@ back in.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -37,6 +38,37 @@ class Patch:
     @property
     def size(self) -> tuple[int, int]:
         return int(self.data.shape[-2]), int(self.data.shape[-1])
+
+
+@dataclass
+class Rect:
+    """A changed rectangle without its values: ``h x w`` at (top[b], left[b]) for each sample."""
+
+    top: Tensor
+    left: Tensor
+    h: int
+    w: int
+
+
+def changed_rect(value: Any, ref: Any, copies: int, full_fraction: float) -> Any:
+    """Where the batch ``value`` (``copies`` copies of the N examples of ``ref``) differs from
+    ``ref``: :data:`UNCHANGED`, a :class:`Rect` of a 4-D map, or ``value`` itself (not a tensor,
+    not 4-D but changed, or a rectangle covering at least ``full_fraction`` of the map)."""
+    if not isinstance(value, Tensor):
+        return value
+    n = ref.shape[0]
+    changed = (value.view(copies, n, *ref.shape[1:]) != ref).view(value.shape)
+    if ref.dim() != 4:
+        return value if changed.any() else UNCHANGED
+    changed = changed.any(1)
+    height, width = ref.shape[-2:]
+    top, h = place(*bounds(changed.any(2)), height)
+    left, w = place(*bounds(changed.any(1)), width)
+    if h == 0:
+        return UNCHANGED
+    if h * w >= full_fraction * height * width:
+        return value
+    return Rect(top, left, h, w)
 
 
 def gather(
