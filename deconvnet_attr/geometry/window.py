@@ -13,7 +13,14 @@ __all__ = ["GeometryError", "OpSpec", "Shaped", "Window", "pair"]
 
 
 class GeometryError(ValueError):
-    """The network (or the part of it asked about) has no traceable spatial geometry."""
+    """The network (or the part of it asked about) has no traceable spatial geometry.
+
+    ``reason`` is the short cause (``"flatten (opaque: flatten)"``) for captions that name the
+    layer themselves; it defaults to the whole message."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = message if reason is None else reason
 
 
 def pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
