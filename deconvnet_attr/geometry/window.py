@@ -97,6 +97,9 @@ class OpSpec:
       first and the two spatial dims last: it runs on a rectangle as it does on the map;
     * ``"meta"`` -- a value about the layout (``x.shape``, ``x.size(1) // 2``), not the data;
     * ``"opaque"`` -- anything else (global pooling, flatten, attention, ...), with ``reason``.
+
+    ``channels_last``: the node's tensor holds the spatial dims at 1 and 2 (N, H, W, C), inside a
+    ConvNeXt-style permuted stretch (:mod:`~deconvnet_attr.geometry.channels_last`).
     """
 
     kind: str
@@ -106,6 +109,7 @@ class OpSpec:
     macs: int = 0
     reason: str = ""
     scale: Tensor | None = None
+    channels_last: bool = False
 
 
 POINTWISE = OpSpec("pointwise")

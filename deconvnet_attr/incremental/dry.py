@@ -111,6 +111,8 @@ class _Dry:
         if len(maps) != 1 or not _is_rect(env[maps[0]]):
             return None
         value = env[maps[0]]
+        if self.net.specs[node].channels_last != self.net.specs[maps[0]].channels_last:
+            return value
         first = value[0] if isinstance(value, list | tuple) else value
         self.stats.rect_ops += 1
         ref = self.net.values[node]
@@ -148,6 +150,8 @@ class _Dry:
     def _pointwise(self, node: Node, maps: list[Node], env: dict[Node, Any]) -> Any:
         net = self.net
         ref_out = net.values[node]
+        if net.specs[node].channels_last:
+            return self._pointwise_last(node, maps, env)
         if not isinstance(ref_out, Tensor) or ref_out.dim() < 3:
             return None
         height, width = ref_out.shape[-2:]
@@ -181,6 +185,16 @@ class _Dry:
         self.stats.moved += out * (1 + regions)
         self.stats.rect_ops += 1
         return Rect(top, left, h, w)
+
+    def _pointwise_last(self, node: Node, maps: list[Node], env: dict[Node, Any]) -> Any:
+        if len(maps) != 1 or not isinstance(env[maps[0]], Rect):
+            return None
+        rect = env[maps[0]]
+        _, height, width, depth = self.net.values[node].shape
+        self._count(node, (rect.h * rect.w, height * width))
+        self.stats.moved += 2 * self.samples * rect.h * rect.w * depth
+        self.stats.rect_ops += 1
+        return rect
 
 
 def _batched(ref: Any, examples: int) -> bool:
