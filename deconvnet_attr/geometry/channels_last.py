@@ -62,7 +62,8 @@ def _per_position(node: Node, op: Any, values: dict[Node, Any], structural: bool
     if isinstance(op, nn.Linear):
         return OpSpec("pointwise", channels_last=True, macs=op.in_features)
     if op is F.linear:
-        weight = values.get(node.args[1]) if len(node.args) > 1 else None
+        arg = node.args[1] if len(node.args) > 1 else None
+        weight = values.get(arg) if isinstance(arg, Node) else None
         return (
             OpSpec("pointwise", channels_last=True, macs=int(weight.shape[-1]))
             if isinstance(weight, Tensor)

@@ -14,7 +14,7 @@ It costs index arithmetic on ``B`` positions per node: nothing next to one batch
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -127,7 +127,7 @@ class _Dry:
         if net.values[node].dim() != 4 or not isinstance(env[maps[0]], Rect):
             return None
         rect = env[maps[0]]
-        ref_in = net.values[node.args[0]]
+        ref_in = net.values[cast(Node, node.args[0])]
         out_h, out_w = net.values[node].shape[-2:]
         top, h = place(*window.affected_outputs(rect.top, rect.top + rect.h - 1, out_h, 0), out_h)
         left, w = place(
