@@ -192,3 +192,31 @@ def test_trace_specs_classify_ops():
     assert kinds["relu"] == kinds["bn"] == "pointwise"
     train = trace(Branchy().train(), (torch.rand(2, 3, 16, 16),))
     assert {n.name: s.kind for n, s in train.specs.items()}["bn"] == "opaque"
+
+
+def test_unknown_receptive_field_is_said_not_shown_as_patches():
+    """Past a global op the field is unknown: GeometryError.reason names the op, the report's
+    caption and the atlas's field note say whole images are shown, and nothing is cropped."""
+    from types import SimpleNamespace
+
+    from deconvnet_attr.atlas.build import _field as atlas_field
+    from deconvnet_attr.report.sections import _crop, _field, field_coverage
+
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Conv2d(4, 4, 1)
+    ).eval()
+    image = torch.rand(1, 12, 12)
+    with pytest.raises(GeometryError) as raised:
+        receptive_field(model, "3", image[None])
+    assert "2" in raised.value.reason and raised.value.reason in str(raised.value)
+    ctx = SimpleNamespace(model=model, data=[(image, 0)])
+    why = _field(ctx, "3")
+    assert why == raised.value.reason
+    assert field_coverage(ctx, "3", why) == (
+        f"Receptive field unknown for 3 ({why}): whole images shown."
+    )
+    images = torch.rand(2, 1, 12, 12)
+    assert _crop(why, images, torch.zeros(2, 2, dtype=torch.long)) is images
+    assert atlas_field(model, "3", image[None]) == why
+    known = _field(ctx, "0")
+    assert known == receptive_field(model, "0", image[None]) and known.size == (3, 3)

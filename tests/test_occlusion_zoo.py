@@ -32,6 +32,8 @@ class Block(nn.Module):
         self.bn = timm.layers.BatchNormAct2d(channels)
         self.drop = timm.layers.DropPath(0.5)
         self.depth = torchvision.ops.StochasticDepth(0.5, "row")
+        self.norm = nn.LayerNorm(channels)
+        self.mlp = nn.Linear(channels, channels)
         self.tail = nn.Conv2d(channels, 6, 3, padding=1)
         self.head = nn.Linear(6, 4)
         with torch.no_grad():
@@ -59,6 +61,13 @@ def _index(m, x):
     return torch.cat([x[:, :4], x[:, 4:] * 2], dim=1)
 
 
+def _channels_last(m, x):
+    """ConvNeXt's block and LayerNorm2d: permute to (N, H, W, C), per-position ops, back."""
+    y = m.mlp(F.gelu(m.norm(x.permute(0, 2, 3, 1))))
+    y = F.layer_norm(y, (y.shape[-1],))
+    return torch.permute(y, (0, 3, 1, 2)) + x
+
+
 OPS = {
     "batch-norm-act": lambda m, x: m.bn(x),
     "functional-batch-norm": lambda m, x: F.batch_norm(
@@ -82,6 +91,7 @@ OPS = {
     ),
     "avg-pool-without-padding": lambda m, x: F.avg_pool2d(x, 3, 1, 1, count_include_pad=False),
     "resample": lambda m, x: F.interpolate(x, scale_factor=2.0),
+    "channels-last": _channels_last,
     "squeeze-excitation": lambda m, x: x * torch.sigmoid(x.mean((2, 3), keepdim=True)),
     "group-norm": lambda m, x: F.group_norm(x, 2),
 }
@@ -219,3 +229,83 @@ def test_estimate_arithmetic():
     assert not slow.chosen and "cost model" in str(slow)
     tiny = estimate(RunStats(conv_macs=10**9, conv_macs_full=10**9), 1)
     assert tiny.chosen and not tiny.decided
+
+
+def test_cost_model_decides_before_the_first_batch(monkeypatch):
+    """A plan that goes global at the stem (GroupNorm: statistics over space) is estimated
+    slower before any occluded batch runs: the executor never runs, every batch is a full
+    recomputation, and the result equals Captum's. The dry count equals the executor's."""
+    from deconvnet_attr.incremental import cost, executor, forward
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU(), nn.Conv2d(8, 8, 3),
+        nn.Flatten(), nn.LazyLinear(5),
+    )  # fmt: skip
+    x = torch.rand(1, 3, 20, 20)
+    model(x)
+    model.eval()
+    monkeypatch.setattr(cost, "DECIDED_FROM", 0.0)  # a verdict however small the batch
+    runs = []
+    real_run = executor.Executor.run
+    monkeypatch.setattr(
+        forward.Executor, "run", lambda self, *a: runs.append(1) or real_run(self, *a)
+    )
+    kwargs = dict(sliding_window_shapes=(3, 4, 4), strides=4, target=2, perturbations_per_eval=5)
+    expected = CaptumOcclusion(model).attribute(x, **kwargs)
+    occlusion = Occlusion(model)
+    got = occlusion.attribute(x, **kwargs)
+    run = occlusion.last_run
+    assert runs == [] and run.path == "full" and run.reason == str(run.estimate)
+    assert not run.estimate.chosen and run.estimate.speedup < 1
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    # the dry count: the stem convolution saves, everything after the GroupNorm is full
+    stem, tail = 8 * 3 * 9 * 20 * 20, 8 * 8 * 9 * 18 * 18
+    assert run.stats.batches == 1 and run.stats.conv_macs_full == 5 * (stem + tail)
+    assert 5 * tail < run.stats.conv_macs < 5 * (stem + tail)
+
+
+@pytest.mark.parametrize(
+    "spec", ["tv:resnet18", "tv:googlenet", "timm:ghostnet_100", "timm:convnext_atto"]
+)
+def test_dry_count_equals_the_executors_count(spec):
+    """The cost model's dry count of a batch is the work the executor then counts running it."""
+    from deconvnet_attr.incremental.dry import dry_run
+
+    source, name = spec.split(":")
+    torch.manual_seed(0)
+    engine = IncrementalForward(build(source, name), cost_model=False)
+    x = torch.rand(1, 3, 64, 64)
+    engine(x)
+    batch = x.repeat(6, 1, 1, 1)
+    for b in range(6):
+        top, left = 20 * (b // 3), 24 * (b % 3) + 2
+        batch[b, :, top : top + 12, left : left + 12] = 0.5
+    counted = dry_run(engine.plan, (batch,), 6, engine.full_fraction)
+    engine(batch)
+    ran = engine.stats
+    assert (counted.conv_macs, counted.conv_macs_full) == (ran.conv_macs, ran.conv_macs_full)
+    assert (counted.moved, counted.rect_ops) == (ran.moved, ran.rect_ops)
+    assert 0 < ran.conv_macs < ran.conv_macs_full
+
+
+@pytest.mark.parametrize("spec", ["tv:convnext_tiny", "timm:convnext_atto"])
+def test_convnext_stays_incremental_up_to_its_head(spec):
+    """ConvNeXt's channels-last stretches (permute, LayerNorm, Linear, permute back) keep the
+    rectangle: the first opaque op is the head's global pooling; incremental equals full."""
+    source, name = spec.split(":")
+    model = build(source, name)
+    x = torch.rand(1, 3, 64, 64)
+    net = trace(model, (x,))
+    opaque = [s.reason for n, s in net.specs.items() if n in net.depends and s.kind == "opaque"]
+    assert "global pooling" in opaque[0], opaque[:3]
+    assert any(s.channels_last and s.kind == "pointwise" for s in net.specs.values())
+    engine = IncrementalForward(model, cost_model=False)
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        engine(x)
+        batch = _perturbed(x, 4, gen)
+        expected, got = model(batch), engine(batch)
+    assert engine.incremental, engine.reason
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+    assert 0 < engine.stats.conv_macs < engine.stats.conv_macs_full

@@ -140,7 +140,8 @@ def atlas_from_mined(
     layers = []
     sizes = _num_channels(model, list(mined), example)
     for (name, top), num_channels in zip(mined.items(), sizes, strict=True):
-        field = _field(model, name, example) if top.locations.shape[-1] == 2 else None
+        found = _field(model, name, example) if top.locations.shape[-1] == 2 else None
+        field = found if isinstance(found, ReceptiveField) else None
         layers.append(
             LayerRecord(
                 name,
@@ -148,7 +149,9 @@ def atlas_from_mined(
                 channel_records(
                     model, name, dataset, top, stats, field=field, batch_size=batch_size
                 ),
-                None
+                f"unknown ({found}): whole images shown"
+                if isinstance(found, str)
+                else None
                 if field is None
                 else f"{field.size[0]}×{field.size[1]} px, stride {field.stride[0]}",
             )
@@ -321,11 +324,12 @@ def _filename(data: Tensor | Dataset, index: int) -> str | None:
             return None
 
 
-def _field(model: nn.Module, layer: str, example: Tensor) -> ReceptiveField | None:
+def _field(model: nn.Module, layer: str, example: Tensor) -> ReceptiveField | str:
+    """The layer's receptive field, or why it is unknown."""
     try:
         return receptive_field(model, layer, example)
-    except GeometryError:
-        return None
+    except GeometryError as error:
+        return error.reason
 
 
 def _num_channels(model: nn.Module, layers: Sequence[str], example: Tensor) -> list[int]:

@@ -119,10 +119,13 @@ def receptive_field(model: nn.Module, layer: nn.Module | str, example: Tensor) -
     source = net.placeholders()[0]
     rf = _propagate(net, source).get(node)
     if rf is None:
-        raise GeometryError(f"layer {name!r} does not depend on the input")
+        raise GeometryError(
+            f"layer {name!r} does not depend on the input", "it does not depend on the input"
+        )
     if isinstance(rf, str):
         raise GeometryError(
-            f"no receptive field for layer {name!r}: the path from the input passes through {rf}"
+            f"no receptive field for layer {name!r}: the path from the input passes through {rf}",
+            f"the path from the input passes through {rf}",
         )
     return rf
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.fx import Node
 
+from deconvnet_attr.geometry.channels_last import channels_last_spec
 from deconvnet_attr.geometry.layout import layout_spec
 from deconvnet_attr.geometry.ops import (
     avg_pool_spec,
@@ -247,6 +248,10 @@ def node_spec(
     nodes computed from an input."""
     if node.op == "placeholder":
         return OpSpec("input")
+    if node.op in ("call_module", "call_function", "call_method"):
+        last = channels_last_spec(node, modules, values, layouts, specs, depends, structural)
+        if last is not None:
+            return last
     if node.op == "call_module":
         return _module_spec(modules[str(node.target)], node, layouts, structural)
     if node.op == "call_function":

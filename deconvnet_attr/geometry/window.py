@@ -13,7 +13,14 @@ __all__ = ["GeometryError", "OpSpec", "Shaped", "Window", "pair"]
 
 
 class GeometryError(ValueError):
-    """The network (or the part of it asked about) has no traceable spatial geometry."""
+    """The network (or the part of it asked about) has no traceable spatial geometry.
+
+    ``reason`` is the short cause (``"flatten (opaque: flatten)"``) for captions that name the
+    layer themselves; it defaults to the whole message."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = message if reason is None else reason
 
 
 def pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -90,6 +97,9 @@ class OpSpec:
       first and the two spatial dims last: it runs on a rectangle as it does on the map;
     * ``"meta"`` -- a value about the layout (``x.shape``, ``x.size(1) // 2``), not the data;
     * ``"opaque"`` -- anything else (global pooling, flatten, attention, ...), with ``reason``.
+
+    ``channels_last``: the node's tensor holds the spatial dims at 1 and 2 (N, H, W, C), inside a
+    ConvNeXt-style permuted stretch (:mod:`~deconvnet_attr.geometry.channels_last`).
     """
 
     kind: str
@@ -99,6 +109,7 @@ class OpSpec:
     macs: int = 0
     reason: str = ""
     scale: Tensor | None = None
+    channels_last: bool = False
 
 
 POINTWISE = OpSpec("pointwise")

@@ -1,8 +1,8 @@
 """The cost model: is the incremental plan faster than Captum's batched full recomputation?
 
-Both costs are in multiply-accumulate equivalents of one large batched convolution, counted on
-the call's first perturbed batch (its size is the call's ``perturbations_per_eval * N``), at
-torch's current thread count:
+Both costs are in multiply-accumulate equivalents of one large batched convolution, counted dry
+on the call's first perturbed batch before it runs (:mod:`~deconvnet_attr.incremental.dry`; the
+batch's size is the call's ``perturbations_per_eval * N``), at torch's current thread count:
 
 * full recomputation costs the convolutions' MACs of the whole batch (``conv_macs_full``);
 * the incremental plan costs its rectangles' MACs, made dearer by ``efficiency`` (small
@@ -70,7 +70,7 @@ class Estimate:
 
 
 def estimate(first_batch: RunStats, threads: int) -> Estimate:
-    """The estimate from the work counted on one perturbed batch (``first_batch``)."""
+    """The estimate from the work counted (dry or run) on one perturbed batch (``first_batch``)."""
     incremental = (
         efficiency(threads) * first_batch.conv_macs
         + PER_ELEMENT * first_batch.moved

@@ -20,7 +20,15 @@ from torch.fx import Node
 from torch.fx.node import map_arg
 
 from deconvnet_attr.geometry import GeometryError
-from deconvnet_attr.incremental.patches import UNCHANGED, Patch, bounds, gather, paste, place
+from deconvnet_attr.incremental.patches import (
+    UNCHANGED,
+    Patch,
+    Rect,
+    changed_rect,
+    gather,
+    paste,
+    place,
+)
 from deconvnet_attr.incremental.plan import Plan
 
 
@@ -85,21 +93,12 @@ class Executor:
 
     def _diff(self, value: Any, ref: Any, copies: int) -> Any:
         """The placeholder's value as UNCHANGED, a patch, or itself."""
-        if not isinstance(value, Tensor):
-            return value
-        n = ref.shape[0]
-        changed = (value.view(copies, n, *ref.shape[1:]) != ref).view(value.shape)
-        if ref.dim() != 4:
-            return value if changed.any() else UNCHANGED
-        changed = changed.any(1)
-        height, width = ref.shape[-2:]
-        top, h = place(*bounds(changed.any(2)), height)
-        left, w = place(*bounds(changed.any(1)), width)
-        if h == 0:
-            return UNCHANGED
-        if h * w >= self.full_fraction * height * width:
-            return value
-        return Patch(gather(value, None, top, left, h, w, 0.0), top, left)
+        found = changed_rect(value, ref, copies, self.full_fraction)
+        if not isinstance(found, Rect):
+            return found
+        return Patch(
+            gather(value, None, found.top, found.left, found.h, found.w, 0.0), found.top, found.left
+        )
 
     def _step(self, node: Node, env: dict[Node, Any], copies: int) -> Any:
         net = self.net
@@ -142,6 +141,8 @@ class Executor:
         """Space-keeping reshape / split / index / channel reduction: run on the rectangle."""
         if len(inputs) != 1 or not _is_patch(env[inputs[0]]):
             return None
+        if self.net.specs[node].channels_last != self.net.specs[inputs[0]].channels_last:
+            return env[inputs[0]]  # into / out of channels-last: patches stay channels-first
         first = _first_patch(env[inputs[0]])
         args = map_arg((node.args, node.kwargs), lambda n: _data(env[n], n, self.net))
         out = self._call(node, *args)
@@ -191,6 +192,8 @@ class Executor:
     def _pointwise(self, node: Node, inputs: list[Node], env: dict[Node, Any]) -> Any:
         """Pointwise ops and merges: run the op on the (common bounding box of the) patches."""
         net = self.net
+        if net.specs[node].channels_last:
+            return self._pointwise_last(node, inputs, env)
         height, width = net.values[node].shape[-2:]
         if not all(isinstance(env[a], Patch) or env[a] is UNCHANGED for a in inputs):
             return None
@@ -249,6 +252,23 @@ class Executor:
         self.stats.rect_ops += 1
         return Patch(out, top, left)
 
+    def _pointwise_last(self, node: Node, inputs: list[Node], env: dict[Node, Any]) -> Any:
+        """A per-position op on a channels-last map (LayerNorm, Linear): run on the rectangle
+        moved to (B, h, w, C); the patch keeps it channels-first."""
+        if len(inputs) != 1 or not isinstance(env[inputs[0]], Patch):
+            return None
+        patch = env[inputs[0]]
+        region = patch.data.permute(0, 2, 3, 1)
+        args = map_arg((node.args, node.kwargs), lambda n: region if n is inputs[0] else env[n])
+        out = self._call(node, *args)
+        if not isinstance(out, Tensor) or out.dim() != 4 or out.shape[:3] != region.shape[:3]:
+            raise GeometryError(f"{node.name} changed the spatial size of a rectangle")
+        height, width = self.net.values[node].shape[1:3]
+        self._count(node, out.shape[0], (out.shape[1] * out.shape[2], height * width))
+        self.stats.moved += out.numel() * 2
+        self.stats.rect_ops += 1
+        return Patch(out.permute(0, 3, 1, 2), patch.top, patch.left)
+
     #: The handler of each geometry kind (``OpSpec.kind``); other kinds run on the full batch.
     HANDLERS: ClassVar[dict[str, Any]] = {
         "window": _window,
@@ -280,8 +300,12 @@ class Executor:
         if self.net.specs[node].kind == "meta":  # of the whole maps, not of their rectangles
             args = map_arg((node.args, node.kwargs), lambda n: self._full(n, env, copies))
             return self._call(node, *args)
-        whole = _whole(env[node], self.net.values[node], copies)
-        if isinstance(whole, Tensor) and env[node] is not whole:
+        value, ref = env[node], self.net.values[node]
+        if self.net.specs[node].channels_last and isinstance(value, Patch):
+            whole = paste(ref.permute(0, 3, 1, 2), value, copies).permute(0, 2, 3, 1)
+        else:
+            whole = _whole(value, ref, copies)
+        if isinstance(whole, Tensor) and value is not whole:
             self.stats.moved += whole.numel()
         return whole
 
@@ -310,9 +334,10 @@ def _first_patch(value: Any) -> Patch:
 
 
 def _data(value: Any, node: Node, net: Any) -> Any:
-    """What an op reads for an argument: a patch's rectangle, the reference for UNCHANGED."""
+    """What an op reads for an argument: a patch's rectangle (moved to (B, h, w, C) for a
+    channels-last node), the reference for UNCHANGED."""
     if isinstance(value, Patch):
-        return value.data
+        return value.data.permute(0, 2, 3, 1) if net.specs[node].channels_last else value.data
     if isinstance(value, list | tuple) and _is_patch(value):
         return type(value)(v.data for v in value)
     if value is UNCHANGED:

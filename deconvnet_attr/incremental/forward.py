@@ -11,6 +11,7 @@ import torch
 
 from deconvnet_attr.geometry import TracedNet
 from deconvnet_attr.incremental.cost import Estimate, estimate
+from deconvnet_attr.incremental.dry import dry_run
 from deconvnet_attr.incremental.executor import Executor, RunStats
 from deconvnet_attr.incremental.plan import Ineligible, Plan, make_plan
 
@@ -28,9 +29,11 @@ class IncrementalForward:
     ``full_fraction``: an op whose changed output rectangle covers at least this fraction of its
     map is computed in full (and so is everything after it).
 
-    With ``cost_model`` (the default), the work counted on the first perturbed batch decides
+    With ``cost_model`` (the default), the plan's work on the first perturbed batch, counted dry
+    before any of it runs (:func:`~deconvnet_attr.incremental.dry.dry_run`), decides
     (:func:`~deconvnet_attr.incremental.cost.estimate`, at torch's current thread count): when
-    full recomputation is estimated faster, later calls go to ``fn`` and ``reason`` says so;
+    full recomputation is estimated faster, that batch and all later ones go to ``fn`` --
+    Captum's own batched passes -- ``reason`` says so and ``stats`` hold the dry count;
     ``estimate`` holds the verdict.
     """
 
@@ -63,19 +66,34 @@ class IncrementalForward:
         batch = self.plan.batch_size(args)
         if batch is None:
             return self.fn(*args)
+        copies = batch // self.plan.examples
+        if self.cost_model and self.estimate is None and not self._choose(args, copies):
+            return self.fn(*args)
         try:
             with torch.no_grad():
                 executor = Executor(self.plan, self.stats, self.full_fraction)
-                result = executor.run(args, batch // self.plan.examples)
+                result = executor.run(args, copies)
         except Exception as error:  # an op behaved unlike its description: be safe, run fn
             self.reason = f"incremental evaluation failed ({type(error).__name__}: {error})"
             logger.warning("%s; full recomputation from here on", self.reason)
             return self.fn(*args)
-        if self.cost_model and self.estimate is None:
-            self.estimate = estimate(self.stats, torch.get_num_threads())
-            if not self.estimate.chosen:
-                self.reason = str(self.estimate)
         return result
+
+    def _choose(self, args: tuple, copies: int) -> bool:
+        """The cost model's verdict on the first perturbed batch, before any of it runs: True to
+        run the plan. On False, ``stats`` keep the dry count (the plan's work on that batch)."""
+        assert self.plan is not None
+        try:
+            counted = dry_run(self.plan, args, copies, self.full_fraction)
+        except Exception as error:  # the executor would meet the same surprise: let it decide
+            logger.debug("no dry count (%s: %s)", type(error).__name__, error)
+            return True
+        self.estimate = estimate(counted, torch.get_num_threads())
+        if self.estimate.chosen:
+            return True
+        self.reason = str(self.estimate)
+        self.stats = counted
+        return False
 
     def _start(self, args: tuple) -> Any:
         try:

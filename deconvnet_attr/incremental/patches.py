@@ -9,6 +9,7 @@ back in.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -39,6 +40,37 @@ class Patch:
         return int(self.data.shape[-2]), int(self.data.shape[-1])
 
 
+@dataclass
+class Rect:
+    """A changed rectangle without its values: ``h x w`` at (top[b], left[b]) for each sample."""
+
+    top: Tensor
+    left: Tensor
+    h: int
+    w: int
+
+
+def changed_rect(value: Any, ref: Any, copies: int, full_fraction: float) -> Any:
+    """Where the batch ``value`` (``copies`` copies of the N examples of ``ref``) differs from
+    ``ref``: :data:`UNCHANGED`, a :class:`Rect` of a 4-D map, or ``value`` itself (not a tensor,
+    not 4-D but changed, or a rectangle covering at least ``full_fraction`` of the map)."""
+    if not isinstance(value, Tensor):
+        return value
+    n = ref.shape[0]
+    changed = (value.view(copies, n, *ref.shape[1:]) != ref).view(value.shape)
+    if ref.dim() != 4:
+        return value if changed.any() else UNCHANGED
+    changed = changed.any(1)
+    height, width = ref.shape[-2:]
+    top, h = place(*bounds(changed.any(2)), height)
+    left, w = place(*bounds(changed.any(1)), width)
+    if h == 0:
+        return UNCHANGED
+    if h * w >= full_fraction * height * width:
+        return value
+    return Rect(top, left, h, w)
+
+
 def gather(
     ref: Tensor, patch: Patch | None, top: Tensor, left: Tensor, h: int, w: int, pad_value: float
 ) -> Tensor:
@@ -46,52 +78,58 @@ def gather(
 
     ``ref`` (n, *C, H, W) is the reference map (sample ``b`` reads example ``b % n``); rows and
     columns outside it read ``pad_value``; inside ``patch``'s rectangle they read the patch.
+    One ``torch.gather`` per source over flattened positions (contiguous NCHW output, several
+    times faster than advanced indexing on a (B, h, w) index grid).
     """
     channels = ref.shape[1:-2]
     ref = ref.reshape(ref.shape[0], -1, *ref.shape[-2:])
+    examples, depth, height, width = ref.shape
     batch = top.shape[0]
-    height, width = ref.shape[-2:]
     device = ref.device
     rows = top[:, None] + torch.arange(h, device=device)
     cols = left[:, None] + torch.arange(w, device=device)
-    example = torch.arange(batch, device=device) % ref.shape[0]
-    out = ref[
-        example[:, None, None],
-        :,
-        rows.clamp(0, height - 1)[:, :, None],
-        cols.clamp(0, width - 1)[:, None, :],
-    ]  # (B, h, w, C)
+    flat = ref.reshape(examples, depth, height * width)
+    source = (
+        flat.expand(batch, -1, -1)
+        if examples == 1
+        else flat[torch.arange(batch, device=device) % examples]
+    )
+    out = _take(source, rows.clamp(0, height - 1), cols.clamp(0, width - 1), width)
     outside = (rows < 0) | (rows >= height), (cols < 0) | (cols >= width)
     if outside[0].any() or outside[1].any():
         mask = outside[0][:, :, None] | outside[1][:, None, :]
-        out = out.masked_fill(mask[..., None], pad_value)
+        out = out.masked_fill(mask[:, None], pad_value)
     if patch is not None:
         ph, pw = patch.size
-        data = patch.data.reshape(batch, -1, ph, pw)
+        data = patch.data.reshape(batch, depth, ph * pw)
         prow, pcol = rows - patch.top[:, None], cols - patch.left[:, None]
         inside = ((prow >= 0) & (prow < ph))[:, :, None] & ((pcol >= 0) & (pcol < pw))[:, None, :]
-        values = data[
-            torch.arange(batch, device=device)[:, None, None],
-            :,
-            prow.clamp(0, ph - 1)[:, :, None],
-            pcol.clamp(0, pw - 1)[:, None, :],
-        ]
-        out = torch.where(inside[..., None], values, out)
-    return out.permute(0, 3, 1, 2).reshape(batch, *channels, h, w)
+        values = _take(data, prow.clamp(0, ph - 1), pcol.clamp(0, pw - 1), pw)
+        out = torch.where(inside[:, None], values, out)
+    return out.reshape(batch, *channels, h, w)
+
+
+def _take(flat: Tensor, rows: Tensor, cols: Tensor, width: int) -> Tensor:
+    """``flat`` (B, C, H * W) at rows (B, h) x cols (B, w) of each sample: (B, C, h, w)."""
+    batch, depth = flat.shape[:2]
+    h, w = rows.shape[1], cols.shape[1]
+    index = (rows[:, :, None] * width + cols[:, None, :]).view(batch, 1, h * w)
+    return torch.gather(flat, 2, index.expand(batch, depth, h * w)).view(batch, depth, h, w)
 
 
 def paste(ref: Tensor, patch: Patch, copies: int) -> Tensor:
     """The whole batch (B, *C, H, W): ``ref`` (N, *C, H, W) repeated ``copies`` times,
-    ``patch`` pasted in."""
+    ``patch`` pasted in (one ``scatter_`` over flattened positions)."""
     out = ref.repeat(copies, *([1] * (ref.dim() - 1)))
-    flat = out.view(out.shape[0], -1, *out.shape[-2:])
+    batch, (height, width) = out.shape[0], out.shape[-2:]
+    flat = out.view(batch, -1, height * width)
     h, w = patch.size
     device = out.device
-    rows = patch.top[:, None, None] + torch.arange(h, device=device)[None, :, None]
-    cols = patch.left[:, None, None] + torch.arange(w, device=device)[None, None, :]
-    flat[torch.arange(out.shape[0], device=device)[:, None, None], :, rows, cols] = (
-        patch.data.reshape(out.shape[0], -1, h, w).permute(0, 2, 3, 1)
-    )
+    rows = patch.top[:, None] + torch.arange(h, device=device)
+    cols = patch.left[:, None] + torch.arange(w, device=device)
+    index = (rows[:, :, None] * width + cols[:, None, :]).view(batch, 1, h * w)
+    depth = flat.shape[1]
+    flat.scatter_(2, index.expand(batch, depth, h * w), patch.data.reshape(batch, depth, h * w))
     return out
 
 

@@ -103,19 +103,19 @@ def _subset(top: TopActivations, rows: Tensor) -> TopActivations:
     )
 
 
-def _field(ctx: ReportContext, layer: str) -> ReceptiveField | None:
-    """The layer's receptive field, or ``None`` when it has none (e.g. after a linear layer)."""
+def _field(ctx: ReportContext, layer: str) -> ReceptiveField | str:
+    """The layer's receptive field, or why it is unknown (e.g. after a linear layer)."""
     try:
         return receptive_field(ctx.model, layer, ctx.data[0][0][None])
-    except GeometryError:
-        return None
+    except GeometryError as error:
+        return error.reason
 
 
-def _crop(field: ReceptiveField | None, images: Tensor, locations: Tensor) -> Tensor:
+def _crop(field: ReceptiveField | str | None, images: Tensor, locations: Tensor) -> Tensor:
     """``images`` ``(M, C, H, W)`` cut to the receptive field of the unit at each of
     ``locations`` ``(M, S)`` (NaN outside the image); unchanged when the layer has no receptive
-    field or no 2-d map (``S != 2``)."""
-    if field is None or locations.shape[-1] != 2:
+    field (``field`` is why, or None) or no 2-d map (``S != 2``)."""
+    if not isinstance(field, ReceptiveField) or locations.shape[-1] != 2:
         return images
     return receptive_field_crop(field, images, locations, fill=float("nan"))
 
@@ -130,11 +130,14 @@ percentile of its |values|) reach black and white (:func:`~deconvnet_attr.viz.co
 lower than the default 99.5 because a few extreme pixels otherwise leave the rest faint grey."""
 
 
-def field_coverage(ctx: ReportContext, layer: str, field: ReceptiveField | None) -> str:
+def field_coverage(ctx: ReportContext, layer: str, field: ReceptiveField | str | None) -> str:
     """A caption sentence on how much of the image the ``layer``'s units see: whether its
     receptive field is larger than the image and how many units see all of it ("" when the
-    layer has no receptive field or no 2-d map)."""
+    layer has no receptive field or no 2-d map); where the field is unknown (``field`` says why),
+    that whole images are shown."""
     example = ctx.data[0][0][None]
+    if isinstance(field, str):
+        return f"Receptive field unknown for {layer} ({field}): whole images shown."
     if field is None:
         return ""
     with torch.no_grad():
@@ -187,7 +190,8 @@ def feature_grid_section(ctx: ReportContext, mined: Mined) -> Section:
             proj_sets,
             patch_sets,
             labels=[f"ch {int(c)}" for c in shown.channels],
-            title=f"{layer}: top-{ctx.k} projections | receptive-field patches",
+            title=f"{layer}: top-{ctx.k} projections | "
+            + ("receptive-field patches" if isinstance(field, ReceptiveField) else "whole images"),
             percentile=FIG2_PERCENTILE,
             outside=OUTSIDE_COLOUR,
         )
