@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
+from deconvnet_attr.distributed import all_gather_cat, rank_and_world, shard_indices, sharded_loader
 from deconvnet_attr.state import preserved_state
 from deconvnet_attr.taps import LayerSpec, Taps
 
@@ -66,7 +65,9 @@ def _batches(
 ) -> tuple[Iterator[tuple[Tensor, Tensor]], int | None]:
     """Yield ``(inputs, data-set positions)`` for this rank's share of ``data``; also a length."""
     if isinstance(data, Tensor):
-        positions = torch.arange(rank, data.shape[0], world)
+        positions = (
+            shard_indices(data.shape[0], rank, world) if world > 1 else torch.arange(data.shape[0])
+        )
 
         def tensor_batches() -> Iterator[tuple[Tensor, Tensor]]:
             for chunk in positions.split(batch_size):
@@ -74,28 +75,22 @@ def _batches(
 
         return tensor_batches(), -(-len(positions) // batch_size)
 
+    source: Iterable = data
+    dataset_indices: Tensor | None = None
     if world > 1:
-        sampler = getattr(data, "sampler", None)
-        if not (isinstance(data, DataLoader) and isinstance(sampler, DistributedSampler)):
-            raise ValueError(
-                "under torch.distributed, data must be a tensor (sharded automatically) or a "
-                f"DataLoader with a DistributedSampler, got {type(data).__name__}"
-                + (f" with sampler {type(sampler).__name__}" if sampler is not None else "")
-            )
-        dataset_indices: Tensor | None = torch.as_tensor(list(iter(sampler)), dtype=torch.long)
-    else:
-        dataset_indices = None
+        loader = sharded_loader(data, rank, world)
+        source, dataset_indices = loader, torch.as_tensor(list(loader.sampler), dtype=torch.long)
 
     def iterable_batches() -> Iterator[tuple[Tensor, Tensor]]:
         seen = 0
-        for batch in data:
+        for batch in source:
             inputs = _inputs_of(batch)
             pos = torch.arange(seen, seen + inputs.shape[0])
             seen += inputs.shape[0]
             yield inputs, pos if dataset_indices is None else dataset_indices[pos]
 
     try:
-        length: int | None = len(data)  # type: ignore[arg-type]
+        length: int | None = len(source)  # type: ignore[arg-type]
     except TypeError:
         length = None
     return iterable_batches(), length
@@ -143,13 +138,8 @@ def _merge_ranks(
     locations = torch.cat(
         [locations, locations.new_zeros((locations.shape[0], pad, locations.shape[2]))], 1
     )
-    world = dist.get_world_size()
-    gathered = []
-    for local in (values, indices, locations):
-        parts = [torch.empty_like(local) for _ in range(world)]
-        dist.all_gather(parts, local.contiguous())
-        gathered.append(torch.cat(parts, dim=1))
-    return _select(gathered[0], gathered[1], gathered[2], k)
+    values, indices, locations = (all_gather_cat(t, dim=1) for t in (values, indices, locations))
+    return _select(values, indices, locations, k)
 
 
 def top_activations(
@@ -191,10 +181,11 @@ def top_activations(
 
     Distributed:
         If ``torch.distributed`` is initialised (e.g. under ``torchrun``), each rank mines its shard
-        and the results are merged exactly (all ranks return the same result). A tensor is sharded
-        automatically (rank ``r`` takes rows ``r, r + world, ...``); an iterable must be a
-        ``DataLoader`` with a ``DistributedSampler`` and ``indices`` are then the data-set indices
-        its sampler yields.
+        and the results are merged exactly (all ranks return the same result). A tensor, or an
+        unshuffled ``DataLoader`` over a map-style data set, is sharded automatically (rank ``r``
+        takes examples ``r, r + world, ...``; :mod:`deconvnet_attr.distributed`), ``indices``
+        staying data-set positions; any other iterable must be a ``DataLoader`` with a
+        ``DistributedSampler`` and ``indices`` are then the data-set indices its sampler yields.
     """
     return next(iter(_mine(model, [layer], data, k, [channels], batch_size, progress).values()))
 
@@ -243,8 +234,8 @@ def _mine(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     taps = Taps(model, layers, stop=True, min_dim=2)
-    distributed = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    rank, world = rank_and_world()
+    distributed = world > 1
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
 
     batches, length = _batches(data, batch_size, rank, world)

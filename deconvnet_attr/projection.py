@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from deconvnet_attr.deconv import DeconvProjection
+from deconvnet_attr.distributed import all_gather_rows, rank_and_world, shard_range
 from deconvnet_attr.geometry import ReceptiveField, receptive_field_crop
 from deconvnet_attr.mining import TopActivations, _inputs_of
 from deconvnet_attr.taps import LayerSpec, Taps, resolve_layer
@@ -79,7 +80,7 @@ def project_top_activations(
             (items are tensors or ``(input, label, ...)`` tuples) or a ``DataLoader`` over one.
         top: the result of :func:`~deconvnet_attr.mining.top_activations` on ``data``.
         batch_size: seeds per forward/backward pass.
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar (on rank 0 only under torch.distributed).
 
     Returns:
         ``(C, k, *input_shape)`` — ``[c, j]`` is the projection of the unit
@@ -90,6 +91,12 @@ def project_top_activations(
             ``top.values`` at its seed (checked per batch with one extra forward pass up to the
             layer; relative tolerance 1e-2): ``data`` is not what was mined, e.g. ``top`` came
             from a shuffled ``DataLoader``. In training mode the check is skipped with a warning.
+
+    Distributed:
+        If ``torch.distributed`` is initialised (e.g. under ``torchrun``), every rank must call
+        this with the same arguments: each projects a contiguous block of the seed batches and
+        the blocks are all-gathered, so all ranks return the same tensor, batched exactly as in
+        a single process.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -117,9 +124,16 @@ def project_top_activations(
             stacklevel=2,
         )
 
+    if not len(seed_images):
+        raise ValueError("top holds no mined units to project")
+    rank, world = rank_and_world()
+    starts = range(0, len(seed_images), batch_size)
+    block = shard_range(len(starts), rank, world)  # all of them in a single process
     pieces = []
     for start in tqdm(
-        range(0, len(seed_images), batch_size), desc="projections", disable=not progress
+        starts[block.start : block.stop],
+        desc="projections",
+        disable=not progress or rank != 0,
     ):
         stop = start + batch_size
         images = _examples(data, seed_images[start:stop])
@@ -141,9 +155,9 @@ def project_top_activations(
                 seed_images[start:stop],
             )
         pieces.append(projected.detach().cpu())
-    if not pieces:
-        raise ValueError("top holds no mined units to project")
-    projections = torch.cat(pieces)
+    projections = torch.cat(pieces) if pieces else torch.empty(0)
+    if world > 1:  # each rank projected a block of batches: put them back in seed order
+        projections = all_gather_rows(projections)
     return projections.reshape(num_channels, k, *projections.shape[1:])
 
 

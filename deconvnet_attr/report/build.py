@@ -6,12 +6,13 @@ import html
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from deconvnet_attr.cli import one_line
+from deconvnet_attr.distributed import rank0_writes
 from deconvnet_attr.mining import TopActivations, top_activations_by_layer
 
 from .atlas import write_report_atlas
@@ -70,7 +71,25 @@ def write_report(
     sections run. A builder that raises (an ``Exception``) does not lose the others: its place on
     the page shows the error, and :attr:`ReportResult.failed` names it — unless
     ``raise_errors``, which re-raises it at once.
+
+    Under ``torchrun`` (:mod:`deconvnet_attr.distributed`) every rank runs the same builders (the
+    mining and the projections inside them are sharded over the ranks, the rest is replicated)
+    and only rank 0 writes into ``ctx.out``; the others write into a temporary directory that is
+    removed, and return the same :class:`ReportResult` paths as rank 0.
     """
+    with rank0_writes(ctx.out) as out:
+        local = ctx if out == ctx.out else replace(ctx, out=out, progress=False)
+        result = _write_report(local, sections, mined, raise_errors)
+    return ReportResult(ctx.out / result.index.name, result.failed)
+
+
+def _write_report(
+    ctx: ReportContext,
+    sections: Sequence[SectionBuilder],
+    mined: Mined | None,
+    raise_errors: bool,
+) -> ReportResult:
+    """:func:`write_report` into ``ctx.out``."""
     ctx.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if mined is None:

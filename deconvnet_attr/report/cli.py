@@ -18,6 +18,7 @@ from deconvnet_attr import data as data_module
 from deconvnet_attr import models
 from deconvnet_attr.analysis.correspondence import FASHION_MNIST_PARTS
 from deconvnet_attr.cli import one_line_warnings, writable_dir
+from deconvnet_attr.distributed import process_group, rank_and_world
 from deconvnet_attr.taps import resolve_layers
 
 from .build import write_report
@@ -373,6 +374,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     raises the first instead). A user error (bad argument, path or file: ``OSError``,
     ``ValueError``, ``TypeError``) raises before the page is written; the ``deconvnet-attr``
     command (:func:`deconvnet_attr.cli.run`) turns it into one line ``error: ...`` and status 2.
+
+    Under ``torchrun --nproc_per_node=N`` the ranks join one process group (gloo, or nccl with
+    ``--device cuda``: rank ``r`` on ``cuda:LOCAL_RANK``), share the mining and the projections
+    (:mod:`deconvnet_attr.distributed`) and rank 0 alone writes the site and prints.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -380,11 +385,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     matplotlib.use("Agg")
     start = time.perf_counter()
-    with one_line_warnings():
-        writable_dir(args.out)
+    with one_line_warnings(), process_group(check_device(args.device)) as device:
+        rank, world = rank_and_world()
+        if world > 1:
+            args.device = str(device)  # with --device cuda: cuda:LOCAL_RANK
+        if rank == 0:
+            writable_dir(args.out)
         ctx = context_from_args(args, command="deconvnet-attr report " + " ".join(argv))
         result = write_report(ctx, raise_errors=args.debug)
+    if rank != 0:  # rank 0 reports for all
+        return 1 if result.failed else 0
     for title, error in result.failed.items():
         print(f"error: section {title!r} failed: {error}", file=sys.stderr)
-    print(f"report written to {result.index} in {time.perf_counter() - start:.1f} s")
+    ranks = f" by {world} processes" if world > 1 else ""
+    print(f"report written to {result.index}{ranks} in {time.perf_counter() - start:.1f} s")
     return 1 if result.failed else 0
