@@ -23,7 +23,6 @@ from deconvnet_attr.geometry import (
     receptive_field_table,
 )
 from deconvnet_attr.mining import TopActivations
-from deconvnet_attr.projection import project_top_activations
 from deconvnet_attr.taps import Taps
 from deconvnet_attr.viz import plot_evolution, plot_feature_grid
 
@@ -174,9 +173,7 @@ def feature_grid_section(ctx: ReportContext, mined: Mined) -> Section:
     ]
     for layer, top in mined.items():
         shown = _subset(top, _strongest(top, ctx.channels))
-        projections = project_top_activations(
-            ctx.model, layer, ctx.data, shown, batch_size=ctx.batch_size, progress=ctx.progress
-        )
+        projections = ctx.project(layer, shown, keep=ctx.atlas)  # the atlas reuses them
         field = _field(ctx, layer)
         proj_sets, patch_sets = [], []
         for c in range(len(shown.channels)):
