@@ -182,8 +182,8 @@ def test_fig2_and_the_atlas_share_one_projection_per_layer(tmp_path, monkeypatch
     received: dict[tuple[str, int], list[torch.Tensor]] = {}
     project = ctx.project
 
-    def recording(layer, top, *, keep=True):
-        result = project(layer, top, keep=keep)
+    def recording(layer, top, **memo):
+        result = project(layer, top, **memo)
         for channel, projection in zip(top.channels.tolist(), result, strict=True):
             received.setdefault((layer, channel), []).append(projection)
         return result

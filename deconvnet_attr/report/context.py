@@ -108,17 +108,20 @@ class ReportContext:
         self._per_class = (images, labels, count)
         return images, labels
 
-    def project(self, layer: str, top: TopActivations, *, keep: bool = True) -> Tensor:
+    def project(
+        self, layer: str, top: TopActivations, *, keep: bool = True, take: bool = False
+    ) -> Tensor:
         """The deconvnet projections ``(C, k, *input_shape)`` of the seeds of ``top`` (rows of
         ``mined[layer]``) on :attr:`data`, by
         :func:`~deconvnet_attr.projection.project_top_activations` in ``batch_size`` batches.
 
         Memoised per ``(layer, channel)``, so Fig. 2 and the unit atlas project the same mined
         seeds once: a channel whose seeds (images, locations) were projected and kept before is
-        not projected again. ``keep=True`` keeps this call's projections for a later call (Fig.
-        2); ``keep=False`` keeps nothing and takes what it reuses out of the memo (the atlas,
-        which visits each channel once). Kept projections wait in anonymous temporary files,
-        not in memory, so the memo adds nothing to the peak memory between the two calls.
+        not projected again. ``keep`` keeps the projections made by this call for a later one
+        (Fig. 2); ``take`` removes those it reuses from the memo (the atlas, which visits each
+        channel once, so the memo never holds more than Fig. 2's channels). Kept projections
+        wait in anonymous temporary files, not in memory, so the memo adds nothing to the peak
+        memory between the calls.
         """
         channels = [int(c) for c in top.channels]
         stored = [self._projected.get((layer, c)) for c in channels]
@@ -142,7 +145,7 @@ class ReportContext:
                     top.channels[missing],
                 ),
                 batch_size=self.batch_size,
-                progress=self.progress and keep,
+                progress=self.progress and not take,
             )
         rows: list[Tensor] = []
         fresh_rows = iter(range(len(missing)))
@@ -151,7 +154,7 @@ class ReportContext:
                 entry = self._projected[(layer, channel)]
                 entry[2].seek(0)
                 rows.append(torch.load(entry[2], weights_only=True))
-                if not keep:
+                if take:
                     entry[2].close()
                     del self._projected[(layer, channel)]
                 continue
