@@ -19,7 +19,12 @@ from torch.utils.data import DataLoader, Dataset
 from deconvnet_attr.mining import TopActivations
 from deconvnet_attr.projection import project_top_activations
 
-__all__ = ["Mined", "ReportContext", "Section", "SectionBuilder"]
+__all__ = ["PROJECTION_PIXELS", "Mined", "ReportContext", "Section", "SectionBuilder"]
+
+PROJECTION_PIXELS = 16 * 224 * 224
+"""Input pixels per deconvnet projection pass of :meth:`ReportContext.project`: at most
+``batch_size`` seeds, fewer for large images (16 at 224×224, where each seed's forward/backward
+through a ResNet-18 holds about 30 MB), so the pass's memory is bounded whatever the image size."""
 
 
 @dataclass
@@ -113,7 +118,8 @@ class ReportContext:
     ) -> Tensor:
         """The deconvnet projections ``(C, k, *input_shape)`` of the seeds of ``top`` (rows of
         ``mined[layer]``) on :attr:`data`, by
-        :func:`~deconvnet_attr.projection.project_top_activations` in ``batch_size`` batches.
+        :func:`~deconvnet_attr.projection.project_top_activations`, ``batch_size`` seeds a pass
+        or fewer for large images (:data:`PROJECTION_PIXELS`).
 
         Memoised per ``(layer, channel)``, so Fig. 2 and the unit atlas project the same mined
         seeds once: a channel whose seeds (images, locations) were projected and kept before is
@@ -133,6 +139,8 @@ class ReportContext:
         ]
         missing = torch.tensor([row for row, hit in enumerate(reuse) if not hit], dtype=torch.long)
         fresh = None
+        pixels = self.data[0][0][0].numel()  # H * W of one image
+        seeds = max(1, min(self.batch_size, PROJECTION_PIXELS // pixels))
         if len(missing):
             fresh = project_top_activations(
                 self.model,
@@ -144,7 +152,7 @@ class ReportContext:
                     top.locations[missing],
                     top.channels[missing],
                 ),
-                batch_size=self.batch_size,
+                batch_size=seeds,
                 progress=self.progress and not take,
             )
         rows: list[Tensor] = []
