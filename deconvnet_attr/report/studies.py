@@ -118,7 +118,7 @@ OCCLUSION_PIXELS = 100 * 28 * 28
 get proportionally fewer (at least :data:`OCCLUSION_MIN_SAMPLE`), since each costs one forward
 pass per position of the square."""
 
-OCCLUSION_MIN_SAMPLE = 16
+OCCLUSION_MIN_SAMPLE = 8
 
 
 def occlusion_sample_size(size: int, height: int, width: int) -> int:
