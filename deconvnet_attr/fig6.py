@@ -18,7 +18,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from .analysis.filters import filter_diagnostics, layer_activations, shift_sensitivity
+from .analysis.filters import filter_diagnostics, layer_response_std, shift_sensitivity
 from .data import upsample_images
 from .geometry import receptive_field
 from .mining import top_activations
@@ -142,8 +142,10 @@ def fig6_table(
     for name, model in models.items():
         stem, clipping = FIG6_VARIANTS.get(name, ("?", False))
         logits = torch.cat([model(big[i : i + 256]) for i in range(0, len(big), 256)])
-        diag = filter_diagnostics(model.conv1, layer_activations(model, "relu1", big))
-        diag2 = filter_diagnostics(model.conv2, layer_activations(model, "relu2", big))
+        diag = filter_diagnostics(model.conv1, response_std=layer_response_std(model, "relu1", big))
+        diag2 = filter_diagnostics(
+            model.conv2, response_std=layer_response_std(model, "relu2", big)
+        )
         rows.append(
             Fig6Row(
                 name=name,
@@ -177,7 +179,9 @@ def fig6_figure(models: Mapping[str, ZFNet], images: Tensor, table: Fig6Table) -
     rows = {r.name: r for r in table.rows}
     conv1 = {name: m.conv1.weight.detach() for name, m in models.items()}
     dead = {
-        name: filter_diagnostics(m.conv1, layer_activations(m, "relu1", big)).dead.tolist()
+        name: filter_diagnostics(
+            m.conv1, response_std=layer_response_std(m, "relu1", big)
+        ).dead.tolist()
         for name, m in models.items()
     }
     captions = {

@@ -15,6 +15,7 @@ from deconvnet_attr.analysis.filters import (
     filter_diagnostics,
     filter_rms,
     layer_activations,
+    layer_response_std,
     shift_sensitivity,
 )
 from deconvnet_attr.data import load_eval_subset, upsample_images
@@ -214,3 +215,24 @@ def test_train_fig6_arch_on_upsampled_synthetic_idx(tmp_path):
     # 28 px data cannot feed a 112 px arch without upsampling by 4
     bad = [*argv, "--upsample", "2", "--batch-size", "8"]
     assert train_main([str(a) for a in bad]) == 2
+
+
+def test_streamed_response_std_equals_the_std_of_the_whole_output():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU()).eval()
+    images = torch.randn(23, 2, 9, 9)
+    with torch.no_grad():
+        whole = model(images)  # (N, F, H, W), every response at once
+    expected = torch.stack([whole[:, f].double().std() for f in range(4)])
+    for batch_size in (1, 5, 64):
+        got = layer_response_std(model, "1", images, batch_size=batch_size)
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5)  # float32 conv
+    w = model[0].weight
+    by_std = filter_diagnostics(w, response_std=expected)
+    by_acts = filter_diagnostics(w, whole)
+    assert by_std.dead.tolist() == by_acts.dead.tolist()
+    np.testing.assert_allclose(by_std.response_std.numpy(), by_acts.response_std.numpy())
+    with pytest.raises(ValueError, match=r"response_std must be \(4,\)"):
+        filter_diagnostics(w, response_std=torch.ones(3))
+    with pytest.raises(ValueError, match="not both"):
+        filter_diagnostics(w, whole, response_std=expected)

@@ -234,3 +234,41 @@ def test_plot_invariance_can_show_a_strip_per_image():
     fig = plot_invariance(result, images, class_names=["a", "b"], all_strips=True)
     assert len(fig.axes) == 2 + 3  # one column: 2 strips, 2 layers, probability
     assert [ax.get_ylabel() for ax in fig.axes[:2]] == ["a", "b"]
+
+
+def _unbatched_curves(model, images, labels, layer, transform, values):
+    """The straightforward computation: every transformed copy at once, one forward each for the
+    originals and the copies, features read with a plain forward hook."""
+    captured = []
+    handle = getattr(model, layer).register_forward_hook(lambda m, i, o: captured.append(o))
+    with torch.no_grad():
+        model(images)
+        moved = torch.cat([transform_images(images, transform, float(v), [0.0]) for v in values])
+        logits = model(moved)
+    handle.remove()
+    reference, features = captured[0].flatten(1), captured[1].flatten(1)
+    t, n = len(values), len(images)
+    distance = (features.view(t, n, -1) - reference).norm(dim=2).T
+    probability = logits.softmax(1).view(t, n, -1)[:, torch.arange(n), labels].T
+    return distance, probability
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 7, 64])
+def test_batched_curves_equal_the_unbatched_computation_with_bounded_forwards(batch_size):
+    model, images = small_cnn(), centred_images(5)
+    labels = torch.tensor([0, 1, 2, 3, 4])
+    grids = {"translation": [-2, 0, 1, 3], "scale": [0.75, 1.0, 1.25], "rotation": [0, 30, 90]}
+    sizes = []
+    handle = model.register_forward_pre_hook(lambda m, args: sizes.append(len(args[0])))
+    result = invariance_curves(
+        model, images, labels, ["conv1", "fc"], transforms=grids, batch_size=batch_size
+    )
+    handle.remove()
+    assert max(sizes) <= batch_size  # each forward holds at most one batch of copies
+    assert sum(sizes) == 5 + 5 * sum(len(v) for v in grids.values())
+    for name, values in grids.items():
+        curve = result.curves[name]
+        for layer in ("conv1", "fc"):
+            distance, probability = _unbatched_curves(model, images, labels, layer, name, values)
+            torch.testing.assert_close(curve.distances[layer], distance, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(curve.probability, probability)

@@ -316,3 +316,52 @@ def test_field_coverage_counts_the_units_that_see_the_whole_image(tmp_path):
     small = receptive_field(ctx.model, "conv1", torch.zeros(1, 1, 28, 28))
     assert field_coverage(ctx, "conv1", small) == "Receptive field 7×7 on the 28×28 image."
     assert field_coverage(ctx, "conv1", None) == ""
+
+
+@pytest.mark.parametrize(
+    ("size", "height", "expected"),
+    [(1000, 28, 100), (50, 28, 50), (200, 224, 8), (5, 224, 5), (1000, 56, 25)],
+)
+def test_occlusion_sample_is_a_pixel_budget_of_100_images_at_28_px(size, height, expected):
+    from deconvnet_attr.report.studies import occlusion_sample_size
+
+    # by hand: 100 * 28 * 28 pixels in images of height * height, at least 8, at most all
+    assert occlusion_sample_size(size, height, height) == expected
+
+
+def test_fig7_takes_the_shown_channels_top_images_from_the_mined_result(tmp_path, monkeypatch):
+    from deconvnet_attr.report import studies
+
+    images, labels = load_eval_subset()
+    data = TensorDataset(images[:40], labels[:40])
+    ctx = ReportContext(
+        model=load_reference().eval(),
+        model_name="reference",
+        data=data,
+        data_name="40 images",
+        layers=["conv5"],
+        out=tmp_path,
+        k=3,
+        batch_size=16,
+        progress=False,
+    )
+    mined = {"conv5": top_activations(ctx.model, "conv5", images[:40], k=3, progress=False)}
+    passes = []
+    monkeypatch.setattr(studies, "top_activations", lambda *a, **k: passes.append(a) or None)
+    got = studies._strongest_images(ctx, mined, "conv5", [7, 2])
+    assert not passes  # no pass over the data: the layer was mined
+    direct = top_activations(ctx.model, "conv5", images[:40], k=3, channels=[7], progress=False)
+    assert torch.equal(got[7].indices, direct.indices) and torch.equal(got[7].values, direct.values)
+    assert got[2].channels.tolist() == [2]
+
+
+def test_fig2_tiles_wider_than_the_cap_are_area_averaged():
+    from deconvnet_attr.report.sections import FIG2_TILE, _tiles
+
+    crops = torch.rand(3, 2, 2 * FIG2_TILE, 2 * FIG2_TILE)
+    crops[0, :, :3, :3] = float("nan")  # outside the image
+    # by hand: the mean of each 2x2 block
+    blocks = crops.reshape(3, 2, FIG2_TILE, 2, FIG2_TILE, 2).mean(dim=(3, 5))
+    torch.testing.assert_close(_tiles(crops), blocks, equal_nan=True)
+    small = torch.rand(1, 1, FIG2_TILE, 5)
+    assert _tiles(small) is small

@@ -14,6 +14,10 @@ from deconvnet_attr.cli import main as cli_main
 from deconvnet_attr.data import load_eval_subset
 from deconvnet_attr.models import load_reference
 from deconvnet_attr.report import ReportContext, main
+from deconvnet_attr.report import context as context_module
+from deconvnet_attr.report.atlas import atlas_channels, write_report_atlas
+from deconvnet_attr.report.build import mine_layers
+from deconvnet_attr.report.sections import feature_grid_section
 
 QUICK_LAYERS = ["conv1", "conv2"]  # --quick analyses the first two reference layers
 
@@ -147,3 +151,53 @@ def test_workers_stream_the_same_batches_in_order(tmp_path):
     assert [len(x) for x, _ in streamed] == [10] * 6 + [4]
     assert torch.equal(torch.cat([x for x, _ in streamed]), images)
     assert torch.equal(torch.cat([y for _, y in streamed]), labels)
+
+
+def test_fig2_and_the_atlas_share_one_projection_per_layer(tmp_path, monkeypatch):
+    images, labels = _quick_data()
+    data = TensorDataset(images[:24], labels[:24])
+    ctx = ReportContext(
+        model=load_reference().eval(),
+        model_name="reference",
+        data=data,
+        data_name="24 images",
+        layers=QUICK_LAYERS,
+        out=tmp_path,
+        k=3,
+        channels=4,
+        batch_size=8,
+        progress=False,
+        quick=True,
+        atlas=True,
+        atlas_channels=4,
+    )
+    calls: list[str] = []
+    direct = context_module.project_top_activations
+
+    def counting(model, layer, *args, **kwargs):
+        calls.append(layer)
+        return direct(model, layer, *args, **kwargs)
+
+    monkeypatch.setattr(context_module, "project_top_activations", counting)
+    received: dict[tuple[str, int], list[torch.Tensor]] = {}
+    project = ctx.project
+
+    def recording(layer, top, **memo):
+        result = project(layer, top, **memo)
+        for channel, projection in zip(top.channels.tolist(), result, strict=True):
+            received.setdefault((layer, channel), []).append(projection)
+        return result
+
+    ctx.project = recording  # type: ignore[method-assign]
+    mined = mine_layers(ctx)
+    feature_grid_section(ctx, mined)
+    write_report_atlas(ctx, mined)
+    assert calls == QUICK_LAYERS  # one projection call per layer: the atlas reused Fig. 2's
+    assert not ctx._projected  # the atlas took every kept projection out of the memo
+    for layer in QUICK_LAYERS:
+        shown = atlas_channels(mined, 4)[layer]
+        expected = direct(ctx.model, layer, data, shown, batch_size=5, progress=False)
+        for row, channel in enumerate(shown.channels.tolist()):
+            fig2, atlas = received[(layer, channel)]  # Fig. 2 first, then the atlas
+            torch.testing.assert_close(fig2, expected[row])
+            torch.testing.assert_close(atlas, expected[row])

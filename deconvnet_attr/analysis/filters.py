@@ -44,6 +44,7 @@ __all__ = [
     "filter_rms",
     "filter_structure",
     "layer_activations",
+    "layer_response_std",
     "shift_sensitivity",
 ]
 
@@ -155,6 +156,7 @@ def filter_diagnostics(
     layer_or_weight: nn.Conv2d | Tensor,
     activations: Tensor | None = None,
     *,
+    response_std: Tensor | None = None,
     stride: int | None = None,
     dead_ratio: float = 0.1,
     name: str = "conv",
@@ -165,6 +167,8 @@ def filter_diagnostics(
         layer_or_weight: an ``nn.Conv2d`` (its stride is used) or a weight ``(F, C, kh, kw)``.
         activations: optional responses of the layer over data, ``(N, F, H, W)`` (e.g. the
             output of its ReLU, :func:`layer_activations`); adds the response-based dead test.
+        response_std: instead of ``activations``, each filter's response standard deviation
+            ``(F,)`` over them (:func:`layer_response_std`, streamed: no ``(N, F, H, W)`` held).
         stride: the stride for a bare weight (default 1); must agree with a layer's.
         dead_ratio: a filter is dead at or below this fraction of the layer's median.
         name: label for :meth:`FilterDiagnostics.to_markdown`.
@@ -178,7 +182,16 @@ def filter_diagnostics(
         raise ValueError(f"dead_ratio must be in [0, 1), got {dead_ratio!r}")
     structure = filter_structure(weight)
     dead = structure <= dead_ratio * structure.median()
-    response_std = None
+    if activations is not None and response_std is not None:
+        raise ValueError("pass activations or response_std, not both")
+    if response_std is not None:
+        if not isinstance(response_std, Tensor) or response_std.shape != weight.shape[:1]:
+            raise ValueError(
+                f"response_std must be ({weight.shape[0]},), got "
+                f"{getattr(response_std, 'shape', type(response_std).__name__)}"
+            )
+        response_std = response_std.detach().double()
+        dead = dead | (response_std <= dead_ratio * response_std.median())
     if activations is not None:
         if not isinstance(activations, Tensor) or activations.dim() != 4:
             raise ValueError(
@@ -221,6 +234,33 @@ def layer_activations(
         for i in range(0, len(images), batch_size)
     ]
     return torch.cat(out)
+
+
+@torch.no_grad()
+def layer_response_std(
+    model: nn.Module, layer: nn.Module | str, images: Tensor, batch_size: int = 256
+) -> Tensor:
+    """Each channel's standard deviation ``(F,)`` (float64, Bessel-corrected) of ``layer``'s
+    output ``(N, F, H, W)`` over ``images``, as ``filter_diagnostics`` computes from the whole
+    output, but streamed: each batch's channel means and squared deviations are merged into the
+    running ones (Chan, Golub & LeVeque's pairwise update), so one batch's output is held, not
+    all ``N``."""
+    taps = Taps(model, layer, stop=True)
+    (name,) = taps.names
+    device = next(model.parameters()).device
+    count, mean, squares = 0, torch.zeros(()), torch.zeros(())
+    for i in range(0, len(images), batch_size):
+        out = taps(images[i : i + batch_size].to(device))[name].double().cpu()
+        values = out.transpose(0, 1).flatten(1)  # (F, batch * H * W)
+        size, batch_mean = values.shape[1], values.mean(1)
+        batch_squares = ((values - batch_mean[:, None]) ** 2).sum(1)
+        delta, total = batch_mean - mean, count + size
+        mean = mean + delta * size / total
+        squares = squares + batch_squares + delta**2 * count * size / total
+        count = total
+    if count < 2:
+        raise ValueError(f"need at least 2 response values per channel, got {count}")
+    return (squares / (count - 1)).sqrt()
 
 
 def _translate(x: Tensor, dx: int) -> Tensor:

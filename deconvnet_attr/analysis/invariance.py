@@ -167,7 +167,8 @@ def invariance_curves(
             counter-clockwise). Default: :func:`default_transforms` for the image height.
         fill: baseline colour painted where the transform uncovers the image (a float or one value
             per channel).
-        batch_size: images per forward pass.
+        batch_size: images per forward pass; also how many transformed copies are held at a
+            time, so memory is bounded by it, not by the number of transform steps.
 
     Returns:
         :class:`InvarianceResult` with one :class:`InvarianceCurve` per transform.
@@ -193,20 +194,55 @@ def invariance_curves(
     curves = {}
     for name, values in grids.items():
         values = torch.as_tensor(values, dtype=torch.float32).flatten()
-        moved = torch.cat([transform_images(images, name, float(v), fills) for v in values])
+        dist, prob = _transformed_curves(
+            model, images, labels, layers, names, reference, name, values, fills, batch_size
+        )
+        curves[name] = InvarianceCurve(name, values, dist, prob)
+    return InvarianceResult(curves, tuple(names), labels.clone(), tuple(fills))
+
+
+def _transformed_curves(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    layers: Sequence[LayerSpec],
+    names: Sequence[str],
+    reference: Mapping[str, Tensor],
+    transform: str,
+    values: Tensor,
+    fills: Sequence[float],
+    batch_size: int,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Distances ``{layer: (N, T)}`` to ``reference`` ``{layer: (N, D)}`` and true-class
+    probabilities ``(N, T)`` of ``images`` under ``transform`` at each of ``values`` ``(T,)``.
+
+    The ``T * N`` transformed copies are made, run and reduced ``batch_size`` at a time (pairs in
+    value-major order), so memory holds one batch of copies and their features, not all of them.
+    """
+    n, t = len(images), len(values)
+    dist = {layer: torch.empty(t * n) for layer in names}
+    prob = torch.empty(t * n)
+    for start in range(0, t * n, batch_size):
+        pairs = torch.arange(start, min(start + batch_size, t * n))
+        steps, rows = pairs // n, pairs % n
+        moved = torch.cat(
+            [
+                transform_images(images[rows[steps == s]], transform, float(values[s]), fills)
+                for s in steps.unique().tolist()
+            ]
+        )
         feats, logits = flat_layer_outputs(model, moved, layers, batch_size)
         if logits.dim() != 2 or int(labels.max()) >= logits.shape[1] or int(labels.min()) < 0:
             raise ValueError(
                 f"model output {tuple(logits.shape)} is not (N, K) logits covering labels "
                 f"{int(labels.min())}..{int(labels.max())}"
             )
-        t = len(values)
-        prob = logits.float().softmax(1).view(t, n, -1)[:, torch.arange(n), labels].T
-        dist = {
-            layer: (feats[layer].view(t, n, -1) - reference[layer]).norm(dim=2).T for layer in names
-        }
-        curves[name] = InvarianceCurve(name, values, dist, prob.contiguous())
-    return InvarianceResult(curves, tuple(names), labels.clone(), tuple(fills))
+        prob[pairs] = logits.float().softmax(1)[torch.arange(len(pairs)), labels[rows]]
+        for layer in names:
+            dist[layer][pairs] = (feats[layer] - reference[layer][rows]).norm(dim=1)
+    return {layer: d.view(t, n).T.contiguous() for layer, d in dist.items()}, prob.view(
+        t, n
+    ).T.contiguous()
 
 
 def _fill_values(fill: float | Sequence[float], channels: int) -> list[float]:

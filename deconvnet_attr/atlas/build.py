@@ -10,7 +10,7 @@ by one, so memory is bounded by ``batch_size``, not by the data-set size or the 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,11 @@ from .stats import ActivationStats, activation_stats
 __all__ = ["atlas_from_mined", "build_atlas", "channel_records"]
 
 Data = Tensor | Dataset | DataLoader
+
+Projector = Callable[[str, TopActivations], Tensor]
+"""``project(layer, top) -> (C, k, *input_shape)``: the deconvnet projections of the seeds of
+``top`` (rows of the layer's mined result, indices into the atlas's data), e.g. the report's
+memoised :meth:`~deconvnet_attr.report.context.ReportContext.project`."""
 
 
 def build_atlas(
@@ -97,6 +102,7 @@ def atlas_from_mined(
     out_dir: str | os.PathLike,
     *,
     stats: ActivationStats | None = None,
+    project: Projector | None = None,
     batch_size: int = 64,
     num_workers: int = 0,
     per_image: int = 8,
@@ -108,8 +114,10 @@ def atlas_from_mined(
     """:func:`build_atlas` from ``mined`` (layer → :class:`TopActivations` on ``data``).
 
     ``stats`` (from :func:`~deconvnet_attr.atlas.activation_stats` over the same data, watching
-    every mined image and ``occlusion_images``) is collected here when not given. Other arguments
-    as in :func:`build_atlas`.
+    every mined image and ``occlusion_images``) is collected here when not given. ``project``
+    replaces the projection of each chunk of channels (default:
+    :func:`~deconvnet_attr.projection.project_top_activations`). Other arguments as in
+    :func:`build_atlas`.
     """
     if not mined:
         raise ValueError("mined is empty: no layers to put in the atlas")
@@ -147,7 +155,14 @@ def atlas_from_mined(
                 name,
                 num_channels,
                 channel_records(
-                    model, name, dataset, top, stats, field=field, batch_size=batch_size
+                    model,
+                    name,
+                    dataset,
+                    top,
+                    stats,
+                    field=field,
+                    batch_size=batch_size,
+                    project=project,
                 ),
                 f"unknown ({found}): whole images shown"
                 if isinstance(found, str)
@@ -188,9 +203,11 @@ def channel_records(
     *,
     field: ReceptiveField | None = None,
     batch_size: int = 64,
+    project: Projector | None = None,
 ) -> Iterator[ChannelRecord]:
     """The :class:`ChannelRecord` of each channel of ``top``, projected ``batch_size`` seeds at a
-    time (each chunk's images are fetched from ``data`` once)."""
+    time (each chunk's images are fetched from ``data`` once; ``project``, when given, projects
+    each chunk instead, from ``data``'s positions)."""
     name, module = resolve_layer(model, layer)
     weight = _first_conv_filters(model, module)
     per_chunk = max(1, batch_size // max(1, top.values.shape[1]))
@@ -199,10 +216,16 @@ def channel_records(
         ids = top.indices[rows]
         unique, position = torch.unique(ids, return_inverse=True)
         images = torch.stack([_example(data, int(i)) for i in unique])
-        chunk = TopActivations(top.values[rows], position, top.locations[rows], top.channels[rows])
-        projections = project_top_activations(
-            model, name, images, chunk, batch_size=batch_size, progress=False
-        )
+        if project is None:
+            chunk = TopActivations(
+                top.values[rows], position, top.locations[rows], top.channels[rows]
+            )
+            projections = project_top_activations(
+                model, name, images, chunk, batch_size=batch_size, progress=False
+            )
+        else:
+            chunk = TopActivations(top.values[rows], ids, top.locations[rows], top.channels[rows])
+            projections = project(name, chunk)
         for r, row in enumerate(rows.tolist()):
             channel = int(top.channels[row])
             shown, patches = projections[r], images[position[r]]

@@ -48,6 +48,7 @@ def write_report_atlas(ctx: ReportContext, mined: Mined) -> str:
         ctx.loader(),
         shown,
         ctx.out / ATLAS_DIR,
+        project=lambda layer, top: ctx.project(layer, top, keep=False, take=True),
         batch_size=ctx.batch_size,
         occlusion_images=occlusion,
         class_names=ctx.class_names,

@@ -4,9 +4,11 @@ each returns."""
 from __future__ import annotations
 
 import html
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import matplotlib.pyplot as plt
 import torch
@@ -15,8 +17,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from deconvnet_attr.mining import TopActivations
+from deconvnet_attr.projection import project_top_activations
 
-__all__ = ["Mined", "ReportContext", "Section", "SectionBuilder"]
+__all__ = ["PROJECTION_PIXELS", "Mined", "ReportContext", "Section", "SectionBuilder"]
+
+PROJECTION_PIXELS = 16 * 224 * 224
+"""Input pixels per deconvnet projection pass of :meth:`ReportContext.project`: at most
+``batch_size`` seeds, fewer for large images (16 at 224×224, where each seed's forward/backward
+through a ResNet-18 holds about 30 MB), so the pass's memory is bounded whatever the image size."""
 
 
 @dataclass
@@ -60,6 +68,9 @@ class ReportContext:
     atlas_channels: int | None = None
     workers: int = 0
     _per_class: tuple[Tensor, Tensor, int] | None = field(default=None, repr=False, compare=False)
+    _projected: dict[tuple[str, int], tuple[Tensor, Tensor, IO[bytes]]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def loader(self) -> DataLoader:
         """The data in order, in batches of ``batch_size``, read by ``workers`` processes (0: in
@@ -101,6 +112,71 @@ class ReportContext:
         images, labels = torch.stack([firsts[c] for c in order]), torch.as_tensor(order)
         self._per_class = (images, labels, count)
         return images, labels
+
+    def project(
+        self, layer: str, top: TopActivations, *, keep: bool = True, take: bool = False
+    ) -> Tensor:
+        """The deconvnet projections ``(C, k, *input_shape)`` of the seeds of ``top`` (rows of
+        ``mined[layer]``) on :attr:`data`, by
+        :func:`~deconvnet_attr.projection.project_top_activations`, ``batch_size`` seeds a pass
+        or fewer for large images (:data:`PROJECTION_PIXELS`).
+
+        Memoised per ``(layer, channel)``, so Fig. 2 and the unit atlas project the same mined
+        seeds once: a channel whose seeds (images, locations) were projected and kept before is
+        not projected again. ``keep`` keeps the projections made by this call for a later one
+        (Fig. 2); ``take`` removes those it reuses from the memo (the atlas, which visits each
+        channel once, so the memo never holds more than Fig. 2's channels). Kept projections
+        wait in anonymous temporary files, not in memory, so the memo adds nothing to the peak
+        memory between the calls.
+        """
+        channels = [int(c) for c in top.channels]
+        stored = [self._projected.get((layer, c)) for c in channels]
+        reuse = [
+            entry is not None
+            and torch.equal(entry[0], top.indices[row])
+            and torch.equal(entry[1], top.locations[row])
+            for row, entry in enumerate(stored)
+        ]
+        missing = torch.tensor([row for row, hit in enumerate(reuse) if not hit], dtype=torch.long)
+        fresh = None
+        pixels = self.data[0][0][0].numel()  # H * W of one image
+        seeds = max(1, min(self.batch_size, PROJECTION_PIXELS // pixels))
+        if len(missing):
+            fresh = project_top_activations(
+                self.model,
+                layer,
+                self.data,
+                TopActivations(
+                    top.values[missing],
+                    top.indices[missing],
+                    top.locations[missing],
+                    top.channels[missing],
+                ),
+                batch_size=seeds,
+                progress=self.progress and not take,
+            )
+        rows: list[Tensor] = []
+        fresh_rows = iter(range(len(missing)))
+        for row, (channel, hit) in enumerate(zip(channels, reuse, strict=True)):
+            if hit:
+                entry = self._projected[(layer, channel)]
+                entry[2].seek(0)
+                rows.append(torch.load(entry[2], weights_only=True))
+                if take:
+                    entry[2].close()
+                    del self._projected[(layer, channel)]
+                continue
+            assert fresh is not None
+            rows.append(fresh[next(fresh_rows)])
+            if keep:
+                spool = tempfile.TemporaryFile()
+                torch.save(rows[-1].clone(), spool)
+                self._projected[(layer, channel)] = (
+                    top.indices[row].clone(),
+                    top.locations[row].clone(),
+                    spool,
+                )
+        return torch.stack(rows)
 
     def save(self, fig: Figure, name: str, alt: str) -> str:
         """Write ``fig`` as ``out/name`` (PNG) and return the ``<img>`` tag that shows it."""

@@ -23,7 +23,6 @@ from deconvnet_attr.geometry import (
     receptive_field_table,
 )
 from deconvnet_attr.mining import TopActivations
-from deconvnet_attr.projection import project_top_activations
 from deconvnet_attr.taps import Taps
 from deconvnet_attr.viz import plot_evolution, plot_feature_grid
 
@@ -130,6 +129,22 @@ percentile of its |values|) reach black and white (:func:`~deconvnet_attr.viz.co
 lower than the default 99.5 because a few extreme pixels otherwise leave the rest faint grey."""
 
 
+FIG2_TILE = 112
+"""Fig. 2's largest tile side in pixels: larger receptive-field crops (e.g. a deep ResNet layer's,
+wider than the image) are shrunk to it by area averaging, so the figure's memory and size are
+bounded by channels × k, not by the layer's receptive field."""
+
+
+def _tiles(crops: Tensor) -> Tensor:
+    """``crops`` ``(k, C, h, w)`` shrunk by area averaging to at most :data:`FIG2_TILE` pixels a
+    side (NaN, outside the image, spreads to the tiles it touches); unchanged when small."""
+    scale = FIG2_TILE / max(crops.shape[-2:])
+    if scale >= 1:
+        return crops
+    size = [max(1, round(side * scale)) for side in crops.shape[-2:]]
+    return torch.nn.functional.interpolate(crops, size=size, mode="area")
+
+
 def field_coverage(ctx: ReportContext, layer: str, field: ReceptiveField | str | None) -> str:
     """A caption sentence on how much of the image the ``layer``'s units see: whether its
     receptive field is larger than the image and how many units see all of it ("" when the
@@ -172,20 +187,19 @@ def feature_grid_section(ctx: ReportContext, mined: Mined) -> Section:
             f"around 0 (grey = 0; ±{FIG2_PERCENTILE:g}th percentile of its |values| = black / "
             "white); right, the image patches inside the receptive field of the projected unit. "
             "Amber: the part of the field outside the image (the layers' zero padding); light "
-            "blue: gaps between tiles. Strongest first, row by row."
+            f"blue: gaps between tiles. Strongest first, row by row. Tiles wider than {FIG2_TILE} "
+            "px are shrunk to it (area average)."
         )
     ]
     for layer, top in mined.items():
         shown = _subset(top, _strongest(top, ctx.channels))
-        projections = project_top_activations(
-            ctx.model, layer, ctx.data, shown, batch_size=ctx.batch_size, progress=ctx.progress
-        )
+        projections = ctx.project(layer, shown, keep=ctx.atlas)  # the atlas reuses them
         field = _field(ctx, layer)
         proj_sets, patch_sets = [], []
         for c in range(len(shown.channels)):
             images = torch.stack([ctx.data[int(i)][0] for i in shown.indices[c]])
-            proj_sets.append(_crop(field, projections[c], shown.locations[c]))
-            patch_sets.append(_crop(field, images, shown.locations[c]))
+            proj_sets.append(_tiles(_crop(field, projections[c], shown.locations[c])))
+            patch_sets.append(_tiles(_crop(field, images, shown.locations[c])))
         fig = plot_feature_grid(
             proj_sets,
             patch_sets,

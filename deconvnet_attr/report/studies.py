@@ -20,9 +20,8 @@ from deconvnet_attr.analysis.invariance import (
 )
 from deconvnet_attr.data import FASHION_MNIST_CLASSES
 from deconvnet_attr.deconv import DeconvProjection
-from deconvnet_attr.mining import top_activations
+from deconvnet_attr.mining import TopActivations, top_activations
 from deconvnet_attr.occlusion import OcclusionMaps, occlusion_maps
-from deconvnet_attr.projection import project_top_activations
 from deconvnet_attr.taps import LayerError, Taps, resolve_layer
 from deconvnet_attr.viz import (
     plot_accuracy_table,
@@ -77,6 +76,12 @@ def examples_of_classes(ctx: ReportContext, count: int) -> tuple[Tensor, Tensor]
     return images, predicted
 
 
+FIG5_MAX_SHIFTS = 41
+"""Fig. 5's most vertical shifts: the default grid (every pixel of ±27 % of the height) is
+thinned to every ``n``-th pixel beyond this many (e.g. every 3rd of ±60 px at 224), each shift
+costing a forward pass per image."""
+
+
 def invariance_section(ctx: ReportContext, mined: Mined) -> Section:
     """Fig. 5: feature distance and true-class probability under translation, scale, rotation."""
     images, labels = examples_of_classes(ctx, 2 if ctx.quick else 5)
@@ -84,6 +89,9 @@ def invariance_section(ctx: ReportContext, mined: Mined) -> Section:
     steps = default_transforms(images.shape[-2])
     if ctx.quick:
         steps = {name: values[::4] for name, values in steps.items()}
+    shifts = steps["translation"]
+    every = -(-len(shifts) // FIG5_MAX_SHIFTS)  # e.g. every 3rd pixel of ±60 at 224 px
+    steps["translation"] = shifts[shifts % every == 0]
     result = invariance_curves(
         ctx.model, images, labels, layers, transforms=steps, batch_size=ctx.batch_size
     )
@@ -91,8 +99,10 @@ def invariance_section(ctx: ReportContext, mined: Mined) -> Section:
         result, images, ctx.class_names if ctx.has_labels else None, all_strips=True
     )
     intro = paragraph(
-        f"{len(images)} images of different classes, each shifted vertically, scaled and rotated "
-        "step by step; the top rows show five steps of each transform for every image. Then: "
+        f"{len(images)} images of different classes, each shifted vertically ("
+        + ("every pixel" if every == 1 else f"every {every} px")
+        + "), scaled and rotated step by step; the top rows show five steps of each transform "
+        "for every image. Then: "
         f"the Euclidean distance between the {' and '.join(layers)} feature vectors of the "
         "original and the transformed image, then the probability of the "
         + ("true class." if ctx.has_labels else "class predicted for the original image.")
@@ -103,16 +113,38 @@ def invariance_section(ctx: ReportContext, mined: Mined) -> Section:
     )
 
 
+OCCLUSION_PIXELS = 100 * 28 * 28
+"""Fig. 7's sample budget in image pixels: 100 images at 28×28 (the bundled data); larger images
+get proportionally fewer (at least :data:`OCCLUSION_MIN_SAMPLE`), since each costs one forward
+pass per position of the square."""
+
+OCCLUSION_MIN_SAMPLE = 8
+
+
+def occlusion_sample_size(size: int, height: int, width: int) -> int:
+    """How many of ``size`` images of ``height``×``width`` Fig. 7 sweeps: the budget
+    :data:`OCCLUSION_PIXELS` in images, at least :data:`OCCLUSION_MIN_SAMPLE`, at most ``size``."""
+    return min(size, max(OCCLUSION_MIN_SAMPLE, OCCLUSION_PIXELS // (height * width)))
+
+
 def _occlusion_sample(ctx: ReportContext, size: int) -> tuple[Tensor, Tensor, Tensor]:
     """The data-set indices of ``size`` images evenly spaced through the data, the images and
-    their targets (true labels, or the model's predictions without labels)."""
-    images, labels = ctx.images()
-    picked = torch.linspace(0, len(images) - 1, min(size, len(images))).round().long()
-    images, labels = images[picked], labels[picked]
+    their targets (true labels, or the model's predictions without labels); only those images
+    are read."""
+    count = len(ctx.data)  # type: ignore[arg-type]
+    picked = torch.linspace(0, count - 1, min(size, count)).round().long()
+    items = [ctx.data[int(i)] for i in picked]
+    images = torch.stack([x for x, _ in items])
+    labels = torch.as_tensor([int(y) for _, y in items])
     if not ctx.has_labels:
         device = next(ctx.model.parameters()).device
         with torch.no_grad():
-            labels = ctx.model(images.to(device)).argmax(1).cpu()
+            labels = torch.cat(
+                [
+                    ctx.model(part.to(device)).argmax(1).cpu()
+                    for part in images.split(ctx.batch_size)
+                ]
+            )
     return picked, images, labels
 
 
@@ -133,16 +165,47 @@ def occlusion_examples(
     return chosen, changed
 
 
+def _strongest_images(
+    ctx: ReportContext, mined: Mined, layer: str, channels: list[int]
+) -> dict[int, TopActivations]:
+    """``{channel: TopActivations of that one channel}``: the top-``ctx.k`` images of each of
+    ``channels`` of ``layer``, from ``mined`` when the layer was mined, else mined for all of
+    them in one pass over the data."""
+    if layer in mined:
+        top = mined[layer]
+        rows = {int(c): row for row, c in enumerate(top.channels.tolist())}
+        if all(c in rows for c in channels):
+            return {c: _rows(top, [rows[c]]) for c in channels}
+    top = top_activations(
+        ctx.model,
+        layer,
+        ctx.loader(),
+        k=ctx.k,
+        channels=sorted(set(channels)),
+        batch_size=ctx.batch_size,
+        progress=False,
+    )
+    return {int(c): _rows(top, [row]) for row, c in enumerate(top.channels.tolist())}
+
+
+def _rows(top: TopActivations, rows: list[int]) -> TopActivations:
+    return TopActivations(
+        top.values[rows], top.indices[rows], top.locations[rows], top.channels[rows]
+    )
+
+
 def occlusion_section(ctx: ReportContext, mined: Mined) -> Section:
     """Fig. 7: a grey square slid over sampled images; the examples shown are those whose most
     probable class changes under occlusion; feature, projection, probability and label maps."""
-    count, sample = (1, 16) if ctx.quick else (3, 100)
+    example = ctx.data[0][0]
+    count = 1 if ctx.quick else 3
+    sample = 16 if ctx.quick else occlusion_sample_size(len(ctx.data), *example.shape[-2:])  # type: ignore[arg-type]
     indices, images, targets = _occlusion_sample(ctx, sample)
     # ZFNet: the rectified layer-5 maps
     layer = "relu5" if _has_layer(ctx.model, "relu5") else ctx.layers[-1]
     height = images.shape[-2]
     window, stride = max(1, height // 4), max(1, height // 14)
-    grey = float(ctx.images()[0].mean())  # the data's mean intensity, as the paper's grey square
+    grey = float(images.mean())  # the sample's mean intensity, as the paper's grey square
     device = next(ctx.model.parameters()).device
     sweeps = [
         occlusion_maps(
@@ -161,8 +224,9 @@ def occlusion_section(ctx: ReportContext, mined: Mined) -> Section:
     which = "true" if ctx.has_labels else "predicted"
     body = [
         paragraph(
-            f"A {window}×{window} square of the images' mean grey ({grey:.2f}) slides over each "
-            f"image (stride {stride}). Over {len(sweeps)} images evenly spaced through the data, "
+            f"A {window}×{window} square of the sampled images' mean grey ({grey:.2f}) slides "
+            f"over each image (stride {stride}). Over {len(sweeps)} images evenly spaced "
+            "through the data, "
             f"the most probable class changes at some position of the square for "
             f"{int((changed > 0).sum())} (mean fraction of positions {float(changed.mean()):.3f}"
             "); shown: "
@@ -179,28 +243,19 @@ def occlusion_section(ctx: ReportContext, mined: Mined) -> Section:
             "probable class — (b), (d), (e) as a function of the square's position."
         )
     ]
-    for i, pick in enumerate(chosen or list(range(min(count, len(sweeps))))):
+    shown = chosen or list(range(min(count, len(sweeps))))
+    strongest = _strongest_images(ctx, mined, layer, [sweeps[pick].channel for pick in shown])
+    module = resolve_layer(ctx.model, layer)[1]
+    for i, pick in enumerate(shown):
         maps, image = sweeps[pick], images[pick]
-        module = resolve_layer(ctx.model, layer)[1]
         own = (
             DeconvProjection(ctx.model, module)
             .attribute(image[None].to(device), target=maps.channel, neuron="max")
             .detach()
             .cpu()
         )
-        top = top_activations(
-            ctx.model,
-            layer,
-            ctx.loader(),
-            k=ctx.k,
-            channels=[maps.channel],
-            batch_size=ctx.batch_size,
-            progress=False,
-        )
-        others = project_top_activations(
-            ctx.model, layer, ctx.data, top, batch_size=ctx.batch_size, progress=False
-        )[0]
-        others_at = top.indices[0].tolist()  # -1: fewer images than k
+        others = ctx.project(layer, strongest[maps.channel], keep=False)[0]
+        others_at = strongest[maps.channel].indices[0].tolist()  # -1: fewer images than k
         keep = [j for j, at in enumerate(others_at) if at not in (-1, int(indices[pick]))]
         projection = torch.cat([own, others[keep[: ctx.k - 1]]])
         fig = plot_occlusion_maps(image, maps, ctx.class_names, projection=projection)
