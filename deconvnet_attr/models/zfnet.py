@@ -248,9 +248,10 @@ def with_widths(config: ZFNetConfig, width: Mapping[str, int]) -> ZFNetConfig:
             raise TypeError(f"width of {name} must be an int, got {value!r}")
         if value < 1:
             raise ValueError(f"width of {name} must be >= 1, got {value}")
-    convs = tuple(width.get(f"conv{i}", c) for i, c in zip((3, 4, 5), config.convs, strict=True))
-    fc = tuple(width.get(f"fc{i}", u) for i, u in zip((6, 7), config.fc, strict=True))
-    return replace(config, convs=convs, fc=fc)
+    c3, c4, c5 = config.convs
+    f6, f7 = config.fc
+    convs = (width.get("conv3", c3), width.get("conv4", c4), width.get("conv5", c5))
+    return replace(config, convs=convs, fc=(width.get("fc6", f6), width.get("fc7", f7)))
 
 
 def build_zfnet(
@@ -284,22 +285,22 @@ def build_zfnet(
         LRN_SIZE, alpha=LRN_SIZE * config.lrn_alpha, beta=0.75, k=2.0
     )
     channels = c2
-    for i, width in zip((3, 4, 5), config.convs, strict=True):
+    for i, maps in zip((3, 4, 5), config.convs, strict=True):
         if f"conv{i}" in removed:
             continue
-        layers[f"conv{i}"] = nn.Conv2d(channels, width, 3, padding=1)
+        layers[f"conv{i}"] = nn.Conv2d(channels, maps, 3, padding=1)
         layers[f"relu{i}"] = nn.ReLU()
-        channels = width
+        channels = maps
     layers["pool5"] = nn.MaxPool2d(3, stride=2, padding=p5)
     layers["flatten"] = nn.Flatten(1)
     features = channels * config.pool5_size**2
-    for i, width in zip((6, 7), config.fc, strict=True):
+    for i, units in zip((6, 7), config.fc, strict=True):
         if f"fc{i}" in removed:
             continue
-        layers[f"fc{i}"] = nn.Linear(features, width)
+        layers[f"fc{i}"] = nn.Linear(features, units)
         layers[f"relu{i}"] = nn.ReLU()
         layers[f"drop{i}"] = nn.Dropout(0.5)
-        features = width
+        features = units
     layers["fc8"] = nn.Linear(features, num_classes)
     model = ZFNet(layers, config=config, num_classes=num_classes, removed=removed)
     _init_weights(model, config.init)
