@@ -152,8 +152,9 @@ def transfer_section(ctx: ReportContext, mined: Mined) -> Section | None:
         "model's layers 1..k stay frozen; a standardised softmax and a linear SVM are fitted on "
         "layer k's features (average-pooled to 2×2 per channel) of n = 1, 5, 20 random training "
         "images per class (2 draws), and scored on the test images. Reduced for the report's "
-        "time budget: the paper-like run (n up to 50, 5 draws, and the same architecture "
-        "trained from scratch on the same images) is `deconvnet-attr transfer`, with its "
+        "time budget: the paper-like run (by default n up to 50, 5 draws, and the same "
+        "architecture trained from scratch on the same images) is `deconvnet-attr transfer`, "
+        "with its "
         "measured Table 7 in docs/paper.md. Table: Table 7's layout at n = 20, test accuracy (%) "
         "mean ± std over the draws."
     )
