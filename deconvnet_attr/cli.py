@@ -2,6 +2,7 @@
 
 ``deconvnet-attr train ...``  → :func:`deconvnet_attr.train.main`
 ``deconvnet-attr report ...`` → :func:`deconvnet_attr.report.main`
+``deconvnet-attr transfer ...`` → :func:`deconvnet_attr.transfer_cli.main`
 
 A user error (a bad path, file or value: ``OSError``, ``ValueError``, ``TypeError``) ends a command
 with one line ``error: ...`` on stderr and exit status 2 (:func:`user_error`); ``--debug`` shows
@@ -31,6 +32,10 @@ __all__ = [
 
 COMMANDS = {
     "report": ("deconvnet_attr.report", "build the offline HTML report (paper figures, tables)"),
+    "transfer": (
+        "deconvnet_attr.transfer_cli",
+        "frozen layers + softmax/SVM on a new data set (Tables 4-7, Fig. 9)",
+    ),
     "train": ("deconvnet_attr.train", "train ZFNet / the Fashion-MNIST reference model"),
 }
 USER_ERRORS = (OSError, ValueError, TypeError)

@@ -152,7 +152,9 @@ def train(args: argparse.Namespace) -> Path:
 
 def _train(args: argparse.Namespace, data: Data, env: Distributed) -> Path:
     torch.manual_seed(args.seed)
-    model = cast(ZFNet, create_model(args.arch, len(data.classes), remove=args.remove))
+    model = cast(
+        ZFNet, create_model(args.arch, len(data.classes), remove=args.remove, width=args.width)
+    )
     model.class_names = data.classes
     model.to(env.device)
     optimizer = torch.optim.SGD(

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from .models.reference import ARCHS
-from .models.zfnet import REMOVABLE_LAYERS
+from .models.zfnet import REMOVABLE_LAYERS, WIDENABLE_LAYERS
 
 __all__ = ["ARCH_DEFAULTS", "parse_args"]
 
@@ -78,6 +78,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"comma-separated layers to leave out ({', '.join(REMOVABLE_LAYERS)})",
     )
     p.add_argument(
+        "--width",
+        default="",
+        help="comma-separated LAYER=N: output channels or units of "
+        f"{', '.join(WIDENABLE_LAYERS)} (Table 3's width rows, e.g. fc6=192,fc7=192)",
+    )
+    p.add_argument(
         "--shift",
         type=int,
         default=0,
@@ -136,8 +142,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in args.remove:
         if name not in REMOVABLE_LAYERS:
             p.error(f"--remove: cannot remove {name!r}; removable: {', '.join(REMOVABLE_LAYERS)}")
+    args.width = _parse_width(p, args.width)
     try:
         args.snapshot_epochs = {int(e) for e in args.snapshot_epochs.split(",") if e}
     except ValueError:
         p.error(f"--snapshot-epochs must be comma-separated integers, got {args.snapshot_epochs!r}")
     return args
+
+
+def _parse_width(p: argparse.ArgumentParser, text: str) -> dict[str, int]:
+    """``"fc6=192,fc7=192"`` -> ``{"fc6": 192, "fc7": 192}``; bad items end with ``p.error``."""
+    width: dict[str, int] = {}
+    for item in (i for i in text.split(",") if i):
+        name, sep, value = item.partition("=")
+        if name not in WIDENABLE_LAYERS:
+            p.error(
+                f"--width: cannot set the width of {name!r}; widenable: "
+                f"{', '.join(WIDENABLE_LAYERS)}"
+            )
+        if not sep or not value.isdigit() or int(value) < 1:
+            p.error(f"--width: {item!r} must be LAYER=N with an integer N >= 1")
+        width[name] = int(value)
+    return width

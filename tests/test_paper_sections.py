@@ -66,7 +66,7 @@ def test_fig6_section_needs_fashion_mnist_and_is_left_out_of_quick_reports(tmp_p
     assert fig6_section(other, {}) is None
 
 
-def test_table3_retrained_section_shows_the_shipped_csv_and_says_what_was_not_run(tmp_path):
+def test_table3_retrained_section_shows_the_shipped_csv_and_its_train_errors(tmp_path):
     import csv
     from pathlib import Path
 
@@ -78,6 +78,14 @@ def test_table3_retrained_section_shows_the_shipped_csv_and_says_what_was_not_ru
         want = list(csv.reader(f))
     section = table3_retrained_section(_context(tmp_path), {})
     assert section is not None and _cells(section.body) == want
-    not_run = [row for row in want[1:] if row[4] == "not run"]
-    assert not_run and all(row[6].startswith("not run: ") for row in not_run)
+    header = want[0]
+    train, note = header.index("train error (%)"), header.index("note")
+    assert "train error" in section.body and "60,000 training images" in section.body
+    for row in want[1:]:  # a number, or a note saying why not
+        if row[train] == "not run":
+            assert row[note].startswith("not run: ")
+        elif row[train] == "not recorded":
+            assert "docs/ablation.md run" in row[note]
+        else:
+            assert 0 <= float(row[train]) <= 100
     assert table3_retrained_section(_context(tmp_path, quick=True), {}) is None

@@ -202,6 +202,80 @@ def test_bad_flags_exit_before_training(tmp_path, capsys, argv, message):
     assert not (tmp_path / "o").exists()
 
 
+def _hand_parameter_count(convs: tuple[int, int, int], fc: tuple[int, int]) -> int:
+    """zfnet-fashion's weights + biases, written out layer by layer (conv1 16 7x7, conv2 32 5x5,
+    3x3 conv3..5, 3x3 pool5 map into fc6, 10 classes)."""
+    count = (1 * 49 + 1) * 16 + (16 * 25 + 1) * 32
+    channels = 32
+    for width in convs:
+        count += (channels * 9 + 1) * width
+        channels = width
+    features = channels * 9
+    for units in fc:
+        count += (features + 1) * units
+        features = units
+    return count + (features + 1) * 10
+
+
+def test_width_flag_trains_the_widened_shapes(tmp_path, fashion_root):
+    out = tmp_path / "wide"
+    argv = ["--arch", "zfnet-fashion", "--fashion-root", fashion_root, "--epochs", "1"]
+    argv += ["--max-steps", "1", "--batch-size", "16", "--out", out, "--no-progress"]
+    assert run([*argv, "--width", "conv3=64,conv4=128,conv5=64,fc6=768,fc7=768"]) == 0
+    model = load_model(out / "model_final.pt")
+    assert model.conv3.weight.shape == (64, 32, 3, 3)
+    assert model.conv4.weight.shape == (128, 64, 3, 3)
+    assert model.conv5.weight.shape == (64, 128, 3, 3)
+    assert model.fc6.weight.shape == (768, 64 * 9)
+    assert model.fc7.weight.shape == (768, 768)
+    assert model.fc8.weight.shape == (10, 768)
+    assert sum(p.numel() for p in model.parameters()) == _hand_parameter_count(
+        (64, 128, 64), (768, 768)
+    )
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_width_with_remove_and_half_fc():
+    from deconvnet_attr.models import create_model
+
+    half = create_model("zfnet-fashion", 10, width={"fc6": 192, "fc7": 192})
+    assert sum(p.numel() for p in half.parameters()) == _hand_parameter_count(
+        (48, 48, 32), (192, 192)
+    )
+    # fc6 removed: fc7 (width 96) reads the 32 * 9 pool5 features directly
+    bridged = create_model("zfnet-fashion", 10, remove=("fc6",), width={"fc7": 96})
+    assert bridged.fc7.weight.shape == (96, 32 * 9) and bridged.fc8.in_features == 96
+
+
+@pytest.mark.parametrize(
+    "width, message",
+    [
+        ("conv1=8", "cannot set the width of 'conv1'"),
+        ("fc6=0", "'fc6=0' must be LAYER=N"),
+        ("fc6", "'fc6' must be LAYER=N"),
+        ("fc7=big", "'fc7=big' must be LAYER=N"),
+    ],
+)
+def test_bad_width_flag_exits_before_training(tmp_path, capsys, width, message):
+    with pytest.raises(SystemExit):
+        run(["--arch", "zfnet-fashion", "--width", width, "--out", tmp_path / "o"])
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_with_widths_rejects_bad_values():
+    from deconvnet_attr.models.zfnet import ZFNET_FASHION, with_widths
+
+    with pytest.raises(ValueError, match="'fc8'"):
+        with_widths(ZFNET_FASHION, {"fc8": 5})
+    with pytest.raises(ValueError, match="width of fc6 must be >= 1, got -1"):
+        with_widths(ZFNET_FASHION, {"fc6": -1})
+    with pytest.raises(TypeError, match="2.5"):
+        with_widths(ZFNET_FASHION, {"fc6": 2.5})
+    with pytest.raises(TypeError, match="mapping"):
+        with_widths(ZFNET_FASHION, "fc6=3")
+
+
 def test_bad_data_errors_before_training(tmp_path, capsys, fashion_root):
     cases = [
         (["--arch", "zfnet-fashion", "--data", tmp_path / "nodir"], "directory not found"),

@@ -99,3 +99,75 @@ def test_from_scratch_row_and_figure():
     fig = plot_transfer(result)
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == ["frozen layers + softmax", "frozen layers + svm"]
+
+
+# --- the deconvnet-attr transfer command ------------------------------------------------------
+
+
+def test_transfer_command_writes_table7_and_fig9(tmp_path, capsys):
+    import csv
+
+    from deconvnet_attr.cli import main
+    from deconvnet_attr.models import load_reference, zfnet_fashion
+
+    out = tmp_path / "t"
+    argv = ["transfer", "--out", str(out), "--per-class", "1,3", "--repeats", "2"]
+    argv += ["--layers", "norm1,relu7", "--scratch-steps", "3", "--threads", "1"]
+    assert main(argv) == 0
+    assert (out / "fig9-transfer.png").read_bytes()[:4] == b"\x89PNG"
+    table = list(csv.reader(open(out / "table7.csv")))
+    # the same experiment called directly (same seed, draws, features, classifiers)
+    want = transfer(
+        load_reference(),
+        {"norm1": "norm1", "relu7": "relu7"},
+        *digits_data((1, 28, 28)),
+        per_class=(1, 3),
+        repeats=2,
+        scratch=zfnet_fashion,
+        scratch_steps=3,
+    )
+    assert table == want.records()
+    rows = list(csv.DictReader(open(out / "transfer.csv")))
+    assert len(rows) == 2 * 2 * (2 * 2 + 1)  # n x draws x (classifiers x layers + scratch)
+    n3 = [float(r["accuracy (%)"]) for r in rows if r["per_class"] == "3" and r["layer"] == "relu7"]
+    svm_n3 = want.accuracy["svm"]["relu7"][1]
+    assert sorted(n3) == sorted(
+        [round(v, 2) for v in [*want.accuracy["softmax"]["relu7"][1], *svm_n3]]
+    )
+    assert "| softmax |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--per-class", "1,x"], "--per-class must be comma-separated integers, got '1,x'"),
+        (["--repeats", "0"], "--repeats must be >= 1, got 0"),
+        (["--model", "resnet18"], "--model 'resnet18' is not a deconvnet-attr ZFNet"),
+        (["--data", "fashion-heldout", "--classes", "3,3"], "distinct indices in 0..9, got [3, 3]"),
+        (["--checkpoint", "/nowhere.pt"], "/nowhere.pt"),
+    ],
+)
+def test_transfer_command_user_errors_are_one_line(tmp_path, capsys, extra, message):
+    from deconvnet_attr.cli import main
+
+    assert main(["transfer", "--out", str(tmp_path / "o"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_fashion_heldout_data_halves_each_chosen_class_of_the_test_split(tmp_path):
+    from test_data import write_fashion_root
+
+    from deconvnet_attr.data import load_fashion_mnist
+    from deconvnet_attr.transfer_cli import fashion_heldout_data
+
+    root = write_fashion_root(tmp_path, n_train=10, n_test=40)  # 4 test images per class
+    (train_x, train_y), (test_x, test_y) = fashion_heldout_data([7, 2], root)
+    images, labels = load_fashion_mnist("test", root)
+    assert train_y.tolist() == [0, 0, 1, 1] and test_y.tolist() == [0, 0, 1, 1]
+    for x, y in ((train_x, train_y), (test_x, test_y)):
+        for image, new in zip(x, y, strict=True):  # each image is a test image of its class
+            match = (images - image).flatten(1).abs().amax(1) == 0
+            assert labels[match].tolist() == [[7, 2][new]]
+    both = torch.cat([train_x, test_x]).flatten(1)
+    assert len(torch.unique(both, dim=0)) == 8  # the halves are disjoint, nothing left out

@@ -4,6 +4,9 @@ For each training checkpoint, the strongest activation of each chosen channel ov
 found (:func:`~deconvnet_attr.mining.top_activations_by_layer` with ``k=1``) and projected to pixel
 space with the deconvnet. Read along a row of the figure, a feature sharpens as training goes on;
 the paper notes that lower layers converge within a few epochs and upper layers only after many.
+Two measured statistics test that claim on any checkpoints: :func:`filter_similarity` (mean cosine
+of each checkpoint's filters to the final ones, per layer) and :func:`top_image_stability` (how
+often a channel's strongest image stays the same between consecutive checkpoints).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from deconvnet_attr.mining import TopActivations, top_activations_by_layer
 from deconvnet_attr.projection import project_top_activations
 from deconvnet_attr.taps import LayerSpec, resolve_layer
 
-__all__ = ["FeatureEvolution", "feature_evolution"]
+__all__ = ["FeatureEvolution", "feature_evolution", "filter_similarity", "top_image_stability"]
 
 
 @dataclass(frozen=True)
@@ -117,3 +120,35 @@ def _layer_name(checkpoints: Mapping[int, nn.Module], layer: LayerSpec) -> str:
     models = list(checkpoints.values())
     owner = next((m for m in models if any(sub is layer for sub in m.modules())), models[0])
     return resolve_layer(owner, layer)[0]  # LayerError when no checkpoint holds it
+
+
+def filter_similarity(checkpoints: Mapping[int, nn.Module], layer: str) -> Tensor:
+    """Mean cosine similarity of ``layer``'s filters at each checkpoint to the last checkpoint's.
+
+    Each output channel's weights (``weight[c]`` flattened; the bias is left out) are one filter;
+    per checkpoint the cosines of its ``C`` filters to the same filters of the last (highest-epoch)
+    checkpoint are averaged. Returns ``(E,)`` in epoch order (the last entry is 1).
+
+    Raises:
+        ValueError: fewer than one checkpoint, or ``layer`` has no ``weight`` tensor.
+    """
+    if not checkpoints:
+        raise ValueError("checkpoints is empty")
+    weights = []
+    for epoch in sorted(checkpoints):
+        _, module = resolve_layer(checkpoints[epoch], layer)
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, Tensor):
+            raise ValueError(f"layer {layer!r} has no weight tensor (epoch {epoch})")
+        weights.append(weight.detach().flatten(1).double())
+    final = weights[-1]
+    return torch.stack(
+        [torch.nn.functional.cosine_similarity(w, final, dim=1).mean() for w in weights]
+    ).float()
+
+
+def top_image_stability(evolution: FeatureEvolution) -> Tensor:
+    """Fraction of the followed channels whose strongest image is the same at consecutive
+    checkpoints: ``(E - 1,)``, entry ``e`` compares epochs ``e`` and ``e + 1``."""
+    same = evolution.indices[:, 1:] == evolution.indices[:, :-1]
+    return same.double().mean(0).float()

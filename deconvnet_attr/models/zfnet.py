@@ -32,25 +32,32 @@ count of the previous remaining one; ``pool5`` always stays. A removed fc layer 
 way: the next remaining fc layer takes the previous one's output width (``fc7`` takes the flattened
 pool5 features when ``fc6`` is gone; ``fc8`` takes them when both are gone). ``conv1``, ``conv2``
 and ``fc8`` cannot be removed (they fix the input stem and the output).
+
+Changing widths (``width=``, e.g. ``{"fc6": 192, "fc7": 192}``) builds the paper's Table 3
+"adjust layers" rows: it sets the output channels of ``conv3``..``conv5`` or the units of
+``fc6``/``fc7`` (:data:`WIDENABLE_LAYERS`); the built model's ``config`` records the new widths,
+so its model file rebuilds the same shapes.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 __all__ = [
     "REMOVABLE_LAYERS",
+    "WIDENABLE_LAYERS",
     "ZFNet",
     "ZFNetConfig",
     "Normalize",
     "FIG6_ALEXNET_STEM",
     "FIG6_ZFNET_STEM",
     "build_zfnet",
+    "with_widths",
     "fig6_alexnet_stem",
     "fig6_zfnet_stem",
     "zfnet",
@@ -58,6 +65,7 @@ __all__ = [
 ]
 
 REMOVABLE_LAYERS = ("conv3", "conv4", "conv5", "fc6", "fc7")
+WIDENABLE_LAYERS = REMOVABLE_LAYERS  # the layers whose width ``width=`` may set
 LRN_SIZE = 5  # channels in the contrast-normalisation window
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -221,11 +229,44 @@ def _check_remove(remove: Sequence[str]) -> tuple[str, ...]:
     return tuple(n for n in REMOVABLE_LAYERS if n in set(remove))
 
 
-def build_zfnet(config: ZFNetConfig, num_classes: int, remove: Sequence[str] = ()) -> ZFNet:
-    """Build a :class:`ZFNet` from ``config`` with ``num_classes`` outputs, minus ``remove``."""
+def with_widths(config: ZFNetConfig, width: Mapping[str, int]) -> ZFNetConfig:
+    """``config`` with the widths of ``width`` (layer name -> channels or units) replaced.
+
+    Raises:
+        TypeError: ``width`` is not a mapping, or a width is not an int.
+        ValueError: a layer not in :data:`WIDENABLE_LAYERS`, or a width < 1.
+    """
+    if not isinstance(width, Mapping):
+        raise TypeError(f"width must be a mapping of layer name to width, got {width!r}")
+    for name, value in width.items():
+        if name not in WIDENABLE_LAYERS:
+            raise ValueError(
+                f"cannot set the width of layer {name!r}; widenable layers are "
+                f"{', '.join(WIDENABLE_LAYERS)}"
+            )
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"width of {name} must be an int, got {value!r}")
+        if value < 1:
+            raise ValueError(f"width of {name} must be >= 1, got {value}")
+    c3, c4, c5 = config.convs
+    f6, f7 = config.fc
+    convs = (width.get("conv3", c3), width.get("conv4", c4), width.get("conv5", c5))
+    return replace(config, convs=convs, fc=(width.get("fc6", f6), width.get("fc7", f7)))
+
+
+def build_zfnet(
+    config: ZFNetConfig,
+    num_classes: int,
+    remove: Sequence[str] = (),
+    width: Mapping[str, int] | None = None,
+) -> ZFNet:
+    """Build a :class:`ZFNet` from ``config`` with ``num_classes`` outputs, minus ``remove``,
+    with the layer widths of ``width`` (see :func:`with_widths`) if given."""
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     removed = _check_remove(remove)
+    if width:
+        config = with_widths(config, width)
     p1, p2, p5 = config.pool_padding
     c1, k1, s1, pad1 = config.conv1
     c2, k2, s2, pad2 = config.conv2
@@ -244,22 +285,22 @@ def build_zfnet(config: ZFNetConfig, num_classes: int, remove: Sequence[str] = (
         LRN_SIZE, alpha=LRN_SIZE * config.lrn_alpha, beta=0.75, k=2.0
     )
     channels = c2
-    for i, width in zip((3, 4, 5), config.convs, strict=True):
+    for i, maps in zip((3, 4, 5), config.convs, strict=True):
         if f"conv{i}" in removed:
             continue
-        layers[f"conv{i}"] = nn.Conv2d(channels, width, 3, padding=1)
+        layers[f"conv{i}"] = nn.Conv2d(channels, maps, 3, padding=1)
         layers[f"relu{i}"] = nn.ReLU()
-        channels = width
+        channels = maps
     layers["pool5"] = nn.MaxPool2d(3, stride=2, padding=p5)
     layers["flatten"] = nn.Flatten(1)
     features = channels * config.pool5_size**2
-    for i, width in zip((6, 7), config.fc, strict=True):
+    for i, units in zip((6, 7), config.fc, strict=True):
         if f"fc{i}" in removed:
             continue
-        layers[f"fc{i}"] = nn.Linear(features, width)
+        layers[f"fc{i}"] = nn.Linear(features, units)
         layers[f"relu{i}"] = nn.ReLU()
         layers[f"drop{i}"] = nn.Dropout(0.5)
-        features = width
+        features = units
     layers["fc8"] = nn.Linear(features, num_classes)
     model = ZFNet(layers, config=config, num_classes=num_classes, removed=removed)
     _init_weights(model, config.init)
@@ -277,16 +318,20 @@ def _init_weights(model: nn.Module, scheme: str) -> None:
                 nn.init.zeros_(module.bias)
 
 
-def zfnet(num_classes: int = 1000, remove: Sequence[str] = ()) -> ZFNet:
+def zfnet(
+    num_classes: int = 1000, remove: Sequence[str] = (), width: Mapping[str, int] | None = None
+) -> ZFNet:
     """The paper's ImageNet net (Figure 3): ``(N, 3, 224, 224)`` in [0, 1] → ``(N, num_classes)``.
 
     62,357,608 parameters for 1000 classes; ImageNet mean/std normalisation is the first child.
     Weights are initialised as in the paper: N(0, 0.01), biases 0.
     """
-    return build_zfnet(ZFNET_IMAGENET, num_classes, remove)
+    return build_zfnet(ZFNET_IMAGENET, num_classes, remove, width)
 
 
-def zfnet_fashion(num_classes: int = 10, remove: Sequence[str] = ()) -> ZFNet:
+def zfnet_fashion(
+    num_classes: int = 10, remove: Sequence[str] = (), width: Mapping[str, int] | None = None
+) -> ZFNet:
     """The small variant for ``(N, 1, 28, 28)`` grayscale images in [0, 1] → ``(N, num_classes)``.
 
     Same topology as :func:`zfnet` (7x7 conv1, two pooled and contrast-normalised stages, three
@@ -299,23 +344,27 @@ def zfnet_fashion(num_classes: int = 10, remove: Sequence[str] = ()) -> ZFNet:
     narrow fan-ins, N(0, 0.01) shrinks the activation scale about 8x per layer (fc8 outputs have a
     standard deviation of ~5e-8 at initialisation on Fashion-MNIST), so gradients vanish.
     """
-    return build_zfnet(ZFNET_FASHION, num_classes, remove)
+    return build_zfnet(ZFNET_FASHION, num_classes, remove, width)
 
 
-def fig6_alexnet_stem(num_classes: int = 10, remove: Sequence[str] = ()) -> ZFNet:
+def fig6_alexnet_stem(
+    num_classes: int = 10, remove: Sequence[str] = (), width: Mapping[str, int] | None = None
+) -> ZFNet:
     """Fig. 6's AlexNet-stem net: ``(N, 1, 112, 112)`` in [0, 1] → ``(N, num_classes)``.
 
     conv1 is AlexNet's 11x11 stride 4 (padding 2), conv2 5x5 stride 1; the rest is
     :func:`zfnet_fashion`'s. For Fashion-MNIST upsampled 4x
     (:func:`deconvnet_attr.data.upsample_images`); see ``docs/fig6.md``.
     """
-    return build_zfnet(FIG6_ALEXNET_STEM, num_classes, remove)
+    return build_zfnet(FIG6_ALEXNET_STEM, num_classes, remove, width)
 
 
-def fig6_zfnet_stem(num_classes: int = 10, remove: Sequence[str] = ()) -> ZFNet:
+def fig6_zfnet_stem(
+    num_classes: int = 10, remove: Sequence[str] = (), width: Mapping[str, int] | None = None
+) -> ZFNet:
     """Fig. 6's ZFNet-stem net: ``(N, 1, 112, 112)`` in [0, 1] → ``(N, num_classes)``.
 
     conv1 is ZFNet's 7x7 stride 2 (padding 1), conv2 5x5 stride 2 (padding 2, so both Fig. 6
     stems reach the same 14x14 conv2 map); the rest is :func:`zfnet_fashion`'s.
     """
-    return build_zfnet(FIG6_ZFNET_STEM, num_classes, remove)
+    return build_zfnet(FIG6_ZFNET_STEM, num_classes, remove, width)

@@ -14,7 +14,11 @@ import html
 import torch
 from torch import Tensor
 
-from deconvnet_attr.analysis.evolution import feature_evolution
+from deconvnet_attr.analysis.evolution import (
+    feature_evolution,
+    filter_similarity,
+    top_image_stability,
+)
 from deconvnet_attr.geometry import (
     GeometryError,
     ReceptiveField,
@@ -225,12 +229,27 @@ def evolution_section(ctx: ReportContext, mined: Mined) -> Section | None:
         paragraph(
             "The strongest activation of each channel over the data set, projected to pixel "
             "space, at each training checkpoint (columns). Channels are the strongest ones of the "
-            "final model. Lower layers settle within a few epochs, upper layers later."
+            "final model. How fast each layer settles is measured in the table below: the mean "
+            "cosine similarity of the layer's filters at each checkpoint to the final ones, and "
+            "the fraction of the followed channels whose strongest image is the same as at the "
+            "previous checkpoint."
         )
     ]
     followed = followed_channels(mined, per_layer=max(1, min(ctx.channels // 2, 6)))
     results = feature_evolution(
         ctx.checkpoints, followed, ctx.data, batch_size=ctx.batch_size, progress=ctx.progress
+    )
+    epochs = sorted(ctx.checkpoints)
+    rows = []
+    for layer, result in results.items():
+        try:
+            cosine = filter_similarity(ctx.checkpoints, layer).tolist()
+        except ValueError:  # a layer without weights (e.g. a ReLU): no filter cosine
+            cosine = [float("nan")] * len(epochs)
+        same = ["-", *(f"{v:.2f}" for v in top_image_stability(result).tolist())]
+        rows.append([layer, *(f"{c:.3f} / {s}" for c, s in zip(cosine, same, strict=True))])
+    body.append(
+        html_table(["layer", *(f"epoch {e}: cosine / same top image" for e in epochs)], rows)
     )
     for layer, result in results.items():
         projections = result.projections
