@@ -141,7 +141,7 @@ def fig6_table(
     rows = []
     for name, model in models.items():
         stem, clipping = FIG6_VARIANTS.get(name, ("?", False))
-        logits = torch.cat([model(big[i : i + 256]) for i in range(0, len(big), 256)])
+        logits = torch.cat([model(big[i : i + 64]) for i in range(0, len(big), 64)])
         diag = filter_diagnostics(model.conv1, response_std=layer_response_std(model, "relu1", big))
         diag2 = filter_diagnostics(
             model.conv2, response_std=layer_response_std(model, "relu2", big)

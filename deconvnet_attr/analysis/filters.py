@@ -220,7 +220,7 @@ def filter_diagnostics(
 
 @torch.no_grad()
 def layer_activations(
-    model: nn.Module, layer: nn.Module | str, images: Tensor, batch_size: int = 256
+    model: nn.Module, layer: nn.Module | str, images: Tensor, batch_size: int = 64
 ) -> Tensor:
     """Outputs of ``layer`` for ``images`` ``(N, ...)``, in batches → ``(N, ...)`` on the CPU.
 
@@ -238,7 +238,7 @@ def layer_activations(
 
 @torch.no_grad()
 def layer_response_std(
-    model: nn.Module, layer: nn.Module | str, images: Tensor, batch_size: int = 256
+    model: nn.Module, layer: nn.Module | str, images: Tensor, batch_size: int = 64
 ) -> Tensor:
     """Each channel's standard deviation ``(F,)`` (float64, Bessel-corrected) of ``layer``'s
     output ``(N, F, H, W)`` over ``images``, as ``filter_diagnostics`` computes from the whole
@@ -251,9 +251,10 @@ def layer_response_std(
     count, mean, squares = 0, torch.zeros(()), torch.zeros(())
     for i in range(0, len(images), batch_size):
         out = taps(images[i : i + batch_size].to(device))[name].double().cpu()
-        values = out.transpose(0, 1).flatten(1)  # (F, batch * H * W)
-        size, batch_mean = values.shape[1], values.mean(1)
-        batch_squares = ((values - batch_mean[:, None]) ** 2).sum(1)
+        dims = [0, *range(2, out.dim())]  # all but the channel dim, without a transposed copy
+        size, batch_mean = out.numel() // out.shape[1], out.mean(dims)
+        out -= batch_mean.view(1, -1, *[1] * (out.dim() - 2))
+        batch_squares = out.square_().sum(dims)
         delta, total = batch_mean - mean, count + size
         mean = mean + delta * size / total
         squares = squares + batch_squares + delta**2 * count * size / total
@@ -275,7 +276,7 @@ def _translate(x: Tensor, dx: int) -> Tensor:
 
 @torch.no_grad()
 def shift_sensitivity(
-    model: nn.Module, layer: nn.Module | str, images: Tensor, shifts: int = 8, batch_size: int = 256
+    model: nn.Module, layer: nn.Module | str, images: Tensor, shifts: int = 8, batch_size: int = 64
 ) -> float:
     """Mean relative change of ``layer``'s spatially averaged response under 1..``shifts`` px moves.
 
