@@ -201,3 +201,58 @@ def test_fig2_and_the_atlas_share_one_projection_per_layer(tmp_path, monkeypatch
             fig2, atlas = received[(layer, channel)]  # Fig. 2 first, then the atlas
             torch.testing.assert_close(fig2, expected[row])
             torch.testing.assert_close(atlas, expected[row])
+
+
+def _context(data: TensorDataset, tmp_path: Path, batch_size: int) -> ReportContext:
+    return ReportContext(
+        model=load_reference().eval(),
+        model_name="reference",
+        data=data,
+        data_name="test images",
+        layers=QUICK_LAYERS,
+        out=tmp_path,
+        batch_size=batch_size,
+        progress=False,
+        quick=True,
+        atlas=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("side", "batch_size", "expected"),
+    # PASS_PIXELS / (H * W), written out: 8 * 224 * 224 pixels a pass
+    [(28, 64, 64), (224, 64, 8), (448, 64, 2), (1024, 64, 1), (224, 4, 4)],
+)
+def test_pass_size_bounds_the_pixels_of_a_pass(tmp_path, side, batch_size, expected):
+    data = TensorDataset(torch.zeros(2, 1, side, side), torch.zeros(2, dtype=torch.long))
+    assert _context(data, tmp_path, batch_size).pass_size == expected
+    assert context_module.PASS_PIXELS == 8 * 224 * 224
+
+
+def test_freed_memory_is_released_after_mining_and_every_section(tmp_path, monkeypatch):
+    """write_report hands freed heap pages back after mining and after each section (glibc's
+    malloc_trim; the report's resnet18 run kept 1 GB after Fig. 2 without it)."""
+    import deconvnet_attr.report.build as build
+
+    events: list[str] = []
+    monkeypatch.setattr(build, "release_freed_memory", lambda: events.append("release"))
+
+    def section(name):
+        def builder(ctx, mined):
+            events.append(name)
+
+        builder.__name__ = f"{name}_section"
+        return builder
+
+    images, labels = _quick_data()
+    ctx = _context(TensorDataset(images[:8], labels[:8]), tmp_path, 8)
+    build.write_report(ctx, [section("a"), section("b")], mined={})
+    assert events == ["release", "a", "release", "b", "release"]
+
+
+def test_release_freed_memory_runs_where_glibc_is_and_is_a_no_op_elsewhere(monkeypatch):
+    import deconvnet_attr.report.build as build
+
+    build.release_freed_memory()  # glibc here (Debian): malloc_trim is called, nothing raises
+    monkeypatch.setattr(build, "_libc", lambda: None)
+    build.release_freed_memory()  # no malloc_trim: nothing happens

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import html
 import time
 import warnings
@@ -34,6 +37,26 @@ def mine_layers(ctx: ReportContext) -> dict[str, TopActivations]:
         batch_size=ctx.batch_size,
         progress=ctx.progress,
     )
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        library = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return library if library is not None and hasattr(library, "malloc_trim") else None
+
+
+def release_freed_memory() -> None:
+    """Hand the freed heap pages back to the operating system (glibc's ``malloc_trim``), called
+    between sections: glibc keeps the pages of a section's freed tensors, so without it the next
+    section's peak stacks on the last one's (measured: 1 GB kept after Fig. 2 of a ResNet-18 at
+    224 px). Nothing happens where the C library has no ``malloc_trim`` (macOS, Windows, musl)."""
+    library = _libc()
+    if library is not None:
+        library.malloc_trim(0)
 
 
 @dataclass
@@ -95,6 +118,7 @@ def _write_report(
     if mined is None:
         mined = mine_layers(ctx)
     mining = time.perf_counter() - start
+    release_freed_memory()
     built: list[tuple[Section, float]] = []
     failed: dict[str, str] = {}
     bar = tqdm(sections, desc="report", unit="section", disable=not ctx.progress)
@@ -110,6 +134,7 @@ def _write_report(
             failed[_title(builder)] = f"{type(error).__name__}: {one_line(error)}"
         if section is not None:
             built.append((section, time.perf_counter() - t0))
+        release_freed_memory()
     header, atlas_time = "", ""
     if ctx.atlas and mined:  # nothing mined (e.g. a caller's empty mined): no atlas
         t0 = time.perf_counter()

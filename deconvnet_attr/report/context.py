@@ -19,12 +19,14 @@ from torch.utils.data import DataLoader, Dataset
 from deconvnet_attr.mining import TopActivations
 from deconvnet_attr.projection import project_top_activations
 
-__all__ = ["PROJECTION_PIXELS", "Mined", "ReportContext", "Section", "SectionBuilder"]
+__all__ = ["PASS_PIXELS", "Mined", "ReportContext", "Section", "SectionBuilder"]
 
-PROJECTION_PIXELS = 16 * 224 * 224
-"""Input pixels per deconvnet projection pass of :meth:`ReportContext.project`: at most
-``batch_size`` seeds, fewer for large images (16 at 224×224, where each seed's forward/backward
-through a ResNet-18 holds about 30 MB), so the pass's memory is bounded whatever the image size."""
+PASS_PIXELS = 8 * 224 * 224
+"""Input pixels per pass of the report's large-image work (:attr:`ReportContext.pass_size`):
+at most ``batch_size`` images or seeds a pass, fewer for large images (8 at 224×224, where each
+seed's forward/backward through a ResNet-18 holds about 60 MB and a forward pass of 8 images
+about 40 MB per retained map), so each section's peak memory is bounded whatever the image
+size."""
 
 
 @dataclass
@@ -113,13 +115,20 @@ class ReportContext:
         self._per_class = (images, labels, count)
         return images, labels
 
+    @property
+    def pass_size(self) -> int:
+        """Images (or projection seeds) per pass: ``batch_size``, fewer for large images so that
+        a pass holds at most :data:`PASS_PIXELS` input pixels."""
+        pixels = self.data[0][0][0].numel()  # H * W of one image
+        return max(1, min(self.batch_size, PASS_PIXELS // pixels))
+
     def project(
         self, layer: str, top: TopActivations, *, keep: bool = True, take: bool = False
     ) -> Tensor:
         """The deconvnet projections ``(C, k, *input_shape)`` of the seeds of ``top`` (rows of
         ``mined[layer]``) on :attr:`data`, by
         :func:`~deconvnet_attr.projection.project_top_activations`, ``batch_size`` seeds a pass
-        or fewer for large images (:data:`PROJECTION_PIXELS`).
+        or fewer for large images (:attr:`pass_size`).
 
         Memoised per ``(layer, channel)``, so Fig. 2 and the unit atlas project the same mined
         seeds once: a channel whose seeds (images, locations) were projected and kept before is
@@ -139,8 +148,7 @@ class ReportContext:
         ]
         missing = torch.tensor([row for row, hit in enumerate(reuse) if not hit], dtype=torch.long)
         fresh = None
-        pixels = self.data[0][0][0].numel()  # H * W of one image
-        seeds = max(1, min(self.batch_size, PROJECTION_PIXELS // pixels))
+        seeds = self.pass_size
         if len(missing):
             fresh = project_top_activations(
                 self.model,

@@ -93,7 +93,7 @@ def invariance_section(ctx: ReportContext, mined: Mined) -> Section:
     every = -(-len(shifts) // FIG5_MAX_SHIFTS)  # e.g. every 3rd pixel of ±60 at 224 px
     steps["translation"] = shifts[shifts % every == 0]
     result = invariance_curves(
-        ctx.model, images, labels, layers, transforms=steps, batch_size=ctx.batch_size
+        ctx.model, images, labels, layers, transforms=steps, batch_size=ctx.pass_size
     )
     fig = plot_invariance(
         result, images, ctx.class_names if ctx.has_labels else None, all_strips=True
