@@ -22,7 +22,7 @@ from torch.fx import Node
 from torch.fx.node import map_arg
 
 from deconvnet_attr.incremental.executor import RunStats
-from deconvnet_attr.incremental.patches import UNCHANGED, Rect, changed_rect, place
+from deconvnet_attr.incremental.patches import UNCHANGED, Rect, changed_rect, place, same_map
 from deconvnet_attr.incremental.plan import Plan
 
 __all__ = ["dry_run"]
@@ -157,12 +157,7 @@ class _Dry:
         height, width = ref_out.shape[-2:]
         if not all(isinstance(env[a], Rect) or env[a] is UNCHANGED for a in maps):
             return None
-        if any(
-            not isinstance(net.values[a], Tensor)
-            or net.values[a].dim() < 3
-            or net.values[a].shape[-2:] != (height, width)
-            for a in maps
-        ):
+        if not same_map(net.values, maps, height, width):
             return None
         rects = [env[a] for a in maps if isinstance(env[a], Rect)]
         bottom = torch.stack([r.top + r.h for r in rects]).amax(0)

@@ -28,6 +28,7 @@ from deconvnet_attr.incremental.patches import (
     gather,
     paste,
     place,
+    same_map,
 )
 from deconvnet_attr.incremental.plan import Plan
 
@@ -197,12 +198,7 @@ class Executor:
         height, width = net.values[node].shape[-2:]
         if not all(isinstance(env[a], Patch) or env[a] is UNCHANGED for a in inputs):
             return None
-        if any(
-            not isinstance(net.values[a], Tensor)
-            or net.values[a].dim() < 3
-            or net.values[a].shape[-2:] != (height, width)
-            for a in inputs
-        ):
+        if not same_map(net.values, inputs, height, width):
             return None
         patches = [env[a] for a in inputs if isinstance(env[a], Patch)]
         first = patches[0]

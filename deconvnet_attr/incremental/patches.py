@@ -147,3 +147,14 @@ def place(first: Tensor, last: Tensor, size: int) -> tuple[Tensor, int]:
     """Common extent (the widest ``last - first + 1``) and starts shifted inward to fit."""
     extent = int((last - first + 1).max().clamp(min=0))
     return torch.minimum(first, torch.tensor(size - extent, device=first.device)), extent
+
+
+def same_map(values: dict, inputs: list, height: int, width: int) -> bool:
+    """True when every one of ``inputs`` is a map ``(..., height, width)`` in ``values`` (the
+    reference run's node values): a pointwise op or merge can then run on rectangles of them."""
+    return all(
+        isinstance(values[a], Tensor)
+        and values[a].dim() >= 3
+        and values[a].shape[-2:] == (height, width)
+        for a in inputs
+    )
