@@ -22,7 +22,14 @@ from torch.fx import Node
 from torch.fx.node import map_arg
 
 from deconvnet_attr.incremental.executor import RunStats
-from deconvnet_attr.incremental.patches import UNCHANGED, Rect, changed_rect, place, same_map
+from deconvnet_attr.incremental.patches import (
+    UNCHANGED,
+    Rect,
+    changed_rect,
+    place,
+    same_map,
+    window_input,
+)
 from deconvnet_attr.incremental.plan import Plan
 
 __all__ = ["dry_run"]
@@ -120,13 +127,12 @@ class _Dry:
 
     def _window(self, node: Node, maps: list[Node], env: dict[Node, Any]) -> Any:
         net = self.net
+        rect = window_input(net, node, maps, env, Rect)
+        if rect is None:
+            return None
         spec = net.specs[node]
         window = spec.window
-        if window is None or spec.unpadded is None or len(maps) != 1:
-            return None
-        if net.values[node].dim() != 4 or not isinstance(env[maps[0]], Rect):
-            return None
-        rect = env[maps[0]]
+        assert window is not None and spec.unpadded is not None  # window_input checked them
         ref_in = net.values[cast(Node, node.args[0])]
         out_h, out_w = net.values[node].shape[-2:]
         top, h = place(*window.affected_outputs(rect.top, rect.top + rect.h - 1, out_h, 0), out_h)

@@ -29,6 +29,7 @@ from deconvnet_attr.incremental.patches import (
     paste,
     place,
     same_map,
+    window_input,
 )
 from deconvnet_attr.incremental.plan import Plan
 
@@ -153,13 +154,12 @@ class Executor:
     def _window(self, node: Node, inputs: list[Node], env: dict[Node, Any]) -> Any:
         """Convolution / pooling: recompute the outputs whose window meets the input patch."""
         net = self.net
+        patch = window_input(net, node, inputs, env, Patch)
+        if patch is None:
+            return None
         spec = net.specs[node]
         window = spec.window
-        if window is None or spec.unpadded is None or len(inputs) != 1:
-            return None
-        if net.values[node].dim() != 4 or not isinstance(env[inputs[0]], Patch):
-            return None
-        patch = env[inputs[0]]
+        assert window is not None and spec.unpadded is not None  # window_input checked them
         ref_in, ref_out = net.values[cast(Node, node.args[0])], net.values[node]
         out_h, out_w = ref_out.shape[-2:]
         ph, pw = patch.size

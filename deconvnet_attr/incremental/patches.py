@@ -158,3 +158,16 @@ def same_map(values: dict, inputs: list, height: int, width: int) -> bool:
         and values[a].shape[-2:] == (height, width)
         for a in inputs
     )
+
+
+def window_input(net: Any, node: Any, inputs: list, env: dict, kind: type) -> Any:
+    """The one changed input of the window op ``node`` (convolution / pooling), if the rectangle
+    engine can run it: a :class:`~.window.Window` spec with its unpadded form, one map input whose
+    value in ``env`` is a ``kind`` (Patch for the executor, Rect for the dry count) and a 4-d
+    output; else None (the op then runs whole)."""
+    spec = net.specs[node]
+    if spec.window is None or spec.unpadded is None or len(inputs) != 1:
+        return None
+    if net.values[node].dim() != 4 or not isinstance(env[inputs[0]], kind):
+        return None
+    return env[inputs[0]]
