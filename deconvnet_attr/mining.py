@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +22,9 @@ from tqdm.auto import tqdm
 from deconvnet_attr.distributed import all_gather_cat, rank_and_world, shard_indices, sharded_loader
 from deconvnet_attr.state import preserved_state
 from deconvnet_attr.taps import LayerSpec, Taps
+
+if TYPE_CHECKING:  # the atlas imports this module
+    from deconvnet_attr.atlas.stats import ChannelMaxima
 
 __all__ = ["TopActivations", "top_activations", "top_activations_by_layer"]
 
@@ -198,6 +201,7 @@ def top_activations_by_layer(
     *,
     batch_size: int = 64,
     progress: bool = True,
+    maxima: ChannelMaxima | None = None,
 ) -> dict[str, TopActivations]:
     """:func:`top_activations` for several layers in one pass over ``data``.
 
@@ -206,6 +210,10 @@ def top_activations_by_layer(
             the channels to mine (``None``: all).
         model, data, k, batch_size, progress: as in :func:`top_activations`; the forward pass of
             each batch stops after the last of the layers has run.
+        maxima: also record every image's strongest unit per mined channel into this
+            :class:`~deconvnet_attr.atlas.ChannelMaxima` (the atlas's histograms and image
+            pages then need no second pass). Not under ``torch.distributed``, where each rank
+            sees only its shard (``ValueError``).
 
     Returns:
         ``{dotted layer name: TopActivations}`` in the order of ``layers``.
@@ -215,7 +223,7 @@ def top_activations_by_layer(
     wanted = dict(layers) if isinstance(layers, Mapping) else dict.fromkeys(layers)
     if not wanted:
         raise ValueError("layers is empty")
-    return _mine(model, list(wanted), data, k, list(wanted.values()), batch_size, progress)
+    return _mine(model, list(wanted), data, k, list(wanted.values()), batch_size, progress, maxima)
 
 
 def _mine(
@@ -226,9 +234,10 @@ def _mine(
     channels: Sequence[Sequence[int] | Tensor | None],
     batch_size: int,
     progress: bool,
+    maxima: ChannelMaxima | None = None,
 ) -> dict[str, TopActivations]:
     """The streaming top-k of each of ``layers`` (with its ``channels``), one pass over ``data``;
-    keyed by the layers' dotted names."""
+    keyed by the layers' dotted names; each batch's per-image maxima go to ``maxima``."""
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -236,8 +245,13 @@ def _mine(
     taps = Taps(model, layers, stop=True, min_dim=2)
     rank, world = rank_and_world()
     distributed = world > 1
+    if distributed and maxima is not None:
+        raise ValueError(
+            "maxima cannot be recorded under torch.distributed: each rank mines only its shard"
+        )
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
 
+    names = [name for name, _ in taps.resolved]
     batches, length = _batches(data, batch_size, rank, world)
     chosen: list[Tensor] = []
     best: list[tuple[Tensor, Tensor, Tensor]] = []
@@ -254,6 +268,8 @@ def _mine(
                     chosen.append(_channels(channels[i], out.shape[1]))
                 _check_finite(out, positions, f"layer {taps.names[i]!r}'s output")
                 candidates = _candidates(out, chosen[i], positions)
+                if maxima is not None:
+                    maxima.record(names[i], chosen[i], candidates[0].T, positions)
                 if len(best) == i:
                     best.append(_select(*candidates, k))
                 else:
@@ -268,7 +284,6 @@ def _mine(
         best = [_merge_ranks(*b, k) for b in best]
     if not best:
         raise ValueError("data is empty: no batches to mine")
-    names = [name for name, _ in taps.resolved]
     return {n: TopActivations(*b, c) for n, b, c in zip(names, best, chosen, strict=True)}
 
 

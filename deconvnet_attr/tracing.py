@@ -22,8 +22,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import nn
 from torch.fx import GraphModule, Tracer
+from torch.fx.proxy import ParameterProxy
 
 from deconvnet_attr.ops import registered_module
 
@@ -41,6 +43,7 @@ class _ThreadLocalTracer(Tracer):
     def __init__(self) -> None:
         super().__init__()
         self._owner = threading.get_ident()
+        self._names: dict[tuple[bool, int], str] | None = None
 
     def call_module(self, m: nn.Module, forward: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         if threading.get_ident() != self._owner:
@@ -51,9 +54,38 @@ class _ThreadLocalTracer(Tracer):
         return registered_module(m) or super().is_leaf_module(m, module_qualified_name)
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
-        if threading.get_ident() != self._owner:
+        """``Tracer.getattr`` with the parameter and buffer names looked up in a dict built once
+        per trace: the default scans ``named_parameters()`` on every read, which made tracing
+        timm's norm+act layers (five tensor reads a call) quadratic in the model's size."""
+        if threading.get_ident() != self._owner or not isinstance(attr_val, torch.Tensor):
             return attr_val
-        return super().getattr(attr, attr_val, parameter_proxy_cache)
+        if self._names is None:
+            self._names = _tensor_names(self.root, self.proxy_buffer_attributes)
+        name = self._names.get((isinstance(attr_val, nn.Parameter), id(attr_val)))
+        if name is None:
+            name = self._names.get((False, id(attr_val)))
+        if name is None:
+            return attr_val
+        if name not in parameter_proxy_cache:
+            factory = None
+            if self.param_shapes_constant:
+                factory = lambda node: ParameterProxy(self, node, name, attr_val)  # noqa: E731
+            parameter_proxy_cache[name] = self.create_proxy(
+                "get_attr", name, (), {}, proxy_factory_fn=factory
+            )
+        return parameter_proxy_cache[name]
+
+
+def _tensor_names(root: nn.Module, buffers: bool) -> dict[tuple[bool, int], str]:
+    """``(is_parameter, id(tensor)) -> qualified name``: parameters under ``True``, buffers (when
+    ``buffers``) under ``False``, each under its first name as ``named_parameters()`` gives it."""
+    names: dict[tuple[bool, int], str] = {}
+    for name, parameter in root.named_parameters():
+        names.setdefault((True, id(parameter)), name)
+    if buffers:
+        for name, buffer in root.named_buffers():
+            names.setdefault((False, id(buffer)), name)
+    return names
 
 
 def _modules_of(fn: Any) -> list[nn.Module]:

@@ -323,3 +323,53 @@ def test_write_atlas_streams_hand_made_records(tmp_path):
     channel = (tmp_path / "layer-block.1" / "c4.html").read_text(encoding="utf-8")
     assert "img4.jpg" in channel and 'data-counts="1,3"' in channel
     assert "images/image-4.html" not in channel  # no image page, no link
+
+
+def test_channel_maxima_recorded_while_mining_equal_a_statistics_pass(reference):
+    """The maxima recorded during mining give exactly the statistics of a separate pass over
+    the same batches (histograms, image pages' top channels), for any subset of the channels."""
+    from deconvnet_attr.atlas import ChannelMaxima, activation_stats
+    from deconvnet_attr.mining import top_activations_by_layer
+
+    model, images, labels = reference
+    loader = DataLoader(TensorDataset(images, labels), batch_size=12)  # uneven last batch
+    maxima = ChannelMaxima()
+    mined = top_activations_by_layer(model, LAYERS, loader, k=K, progress=False, maxima=maxima)
+    shown = {"conv1": torch.tensor([5, 0, 3]), "conv5": mined["conv5"].channels}
+    watch = [0, 7, 63, 9]
+    got = maxima.stats(shown, watch=watch, per_image=3, bins=16)
+    expected = activation_stats(model, shown, loader, watch=watch, per_image=3, bins=16)
+    assert got.num_images == expected.num_images == N
+    for layer, channels in shown.items():
+        assert torch.equal(got.channels[layer], channels)
+        for row in range(len(channels)):
+            a, b = got.histograms[layer].histogram(row), expected.histograms[layer].histogram(row)
+            np.testing.assert_array_equal(a.counts, b.counts)
+            np.testing.assert_array_equal(a.edges, b.edges)
+    assert sorted(got.top) == sorted(watch)
+    for image in watch:
+        for layer in shown:
+            assert torch.equal(got.top[image][layer].values, expected.top[image][layer].values)
+            assert torch.equal(got.top[image][layer].channels, expected.top[image][layer].channels)
+    # against brute force too: conv1's channel 5 histogram counts every image's maximum
+    brute = layer_maxima(model, "conv1", images)[:, 5].double().numpy()
+    hist = got.histograms["conv1"].histogram(0)
+    np.testing.assert_array_equal(hist.counts, np.histogram(brute, bins=hist.edges)[0])
+    with pytest.raises(ValueError, match="'conv2' was not recorded"):
+        ChannelMaxima().stats({"conv2": [0]})
+    with pytest.raises(ValueError, match=r"channels \[99\] of layer 'conv1'"):
+        maxima.stats({"conv1": [1, 99]})
+    maxima.close()
+
+
+def test_build_atlas_makes_no_statistics_pass(reference, tmp_path, monkeypatch):
+    """build_atlas reads the statistics from its mining pass: the separate pass never runs."""
+    import deconvnet_attr.atlas.build as build_module
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("a second pass over the data")
+
+    monkeypatch.setattr(build_module, "activation_stats", no_pass)
+    model, images, labels = reference
+    index = build_atlas(model, ["conv2"], images[:20], tmp_path / "a", k=2, progress=False)
+    assert index.is_file()

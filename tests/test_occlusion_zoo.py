@@ -286,6 +286,8 @@ def test_dry_count_equals_the_executors_count(spec):
     ran = engine.stats
     assert (counted.conv_macs, counted.conv_macs_full) == (ran.conv_macs, ran.conv_macs_full)
     assert (counted.moved, counted.rect_ops) == (ran.moved, ran.rect_ops)
+    assert (counted.elements, counted.elements_full) == (ran.elements, ran.elements_full)
+    assert 0 < ran.elements < ran.elements_full
     assert 0 < ran.conv_macs < ran.conv_macs_full
 
 

@@ -256,3 +256,21 @@ def test_release_freed_memory_runs_where_glibc_is_and_is_a_no_op_elsewhere(monke
     build.release_freed_memory()  # glibc here (Debian): malloc_trim is called, nothing raises
     monkeypatch.setattr(build, "_libc", lambda: None)
     build.release_freed_memory()  # no malloc_trim: nothing happens
+
+
+def test_the_reports_atlas_takes_its_statistics_from_the_mining_pass(tmp_path, monkeypatch):
+    """With the atlas on, mining records the channel maxima and the atlas makes no pass of its
+    own over the data; the temporary file is closed when the report is written."""
+    import deconvnet_attr.atlas.build as build_module
+    from deconvnet_attr.report.build import write_report
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("a second pass over the data")
+
+    monkeypatch.setattr(build_module, "activation_stats", no_pass)
+    images, labels = _quick_data()
+    ctx = _context(TensorDataset(images[:24], labels[:24]), tmp_path, 8)
+    ctx.atlas, ctx.atlas_channels, ctx.k = True, 3, 2
+    result = write_report(ctx, sections=[], raise_errors=True)
+    assert result.index.is_file() and (tmp_path / "atlas" / "index.html").is_file()
+    assert ctx.maxima is None  # closed after the atlas

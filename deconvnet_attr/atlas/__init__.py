@@ -9,10 +9,11 @@
 from .build import atlas_from_mined, build_atlas, channel_records
 from .records import ChannelRecord, Histogram, ImageRecord, LayerRecord, TopChannels
 from .site import write_atlas
-from .stats import ActivationStats, StreamingHistogram, activation_stats
+from .stats import ActivationStats, ChannelMaxima, StreamingHistogram, activation_stats
 
 __all__ = [
     "ActivationStats",
+    "ChannelMaxima",
     "ChannelRecord",
     "Histogram",
     "ImageRecord",

@@ -2,9 +2,11 @@
 
 :func:`build_atlas` is the one call (mine every analysed layer in one pass, then
 :func:`atlas_from_mined`). :func:`atlas_from_mined` starts from top activations mined elsewhere
-(e.g. by the report): one more streaming pass collects the histograms and the image pages' top
-channels, then each layer's channels are projected in bounded chunks and handed to the writer one
-by one, so memory is bounded by ``batch_size``, not by the data-set size or the channel count.
+(e.g. by the report): the histograms and the image pages' top channels come from the per-image
+channel maxima recorded while mining (:class:`~deconvnet_attr.atlas.ChannelMaxima`), or else from
+one more streaming pass; then each layer's channels are projected in bounded chunks and handed to
+the writer one by one, so memory is bounded by ``batch_size``, not by the data-set size or the
+channel count.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, SequentialSampler, Subset
 
 from deconvnet_attr.deconv import DeconvProjection
+from deconvnet_attr.distributed import rank_and_world
 from deconvnet_attr.geometry import GeometryError, ReceptiveField, receptive_field
 from deconvnet_attr.mining import TopActivations, top_activations_by_layer
 from deconvnet_attr.occlusion import occlusion_maps
@@ -27,7 +30,7 @@ from deconvnet_attr.taps import Taps, resolve_layer
 
 from .records import ChannelRecord, ImageRecord, LayerRecord
 from .site import write_atlas
-from .stats import ActivationStats, activation_stats
+from .stats import ActivationStats, ChannelMaxima, activation_stats
 
 __all__ = ["atlas_from_mined", "build_atlas", "channel_records"]
 
@@ -73,26 +76,38 @@ def build_atlas(
         progress: show tqdm progress bars.
 
     Returns:
-        the path of ``out_dir/index.html``. Two streaming passes over ``data`` in all (mining,
-        statistics), each for all layers at once.
+        the path of ``out_dir/index.html``. One streaming pass over ``data`` for all layers
+        (two under ``torch.distributed``: the statistics pass is not sharded).
     """
     _, loader = _sources(data, batch_size, num_workers)
-    mined = top_activations_by_layer(
-        model, list(layers), loader, k=k, batch_size=batch_size, progress=progress
-    )
-    return atlas_from_mined(
-        model,
-        data,
-        mined,
-        out_dir,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        per_image=per_image,
-        occlusion_images=occlusion_images,
-        class_names=class_names,
-        title=title,
-        progress=progress,
-    )
+    maxima = ChannelMaxima() if rank_and_world()[1] == 1 else None
+    try:
+        mined = top_activations_by_layer(
+            model,
+            list(layers),
+            loader,
+            k=k,
+            batch_size=batch_size,
+            progress=progress,
+            maxima=maxima,
+        )
+        return atlas_from_mined(
+            model,
+            data,
+            mined,
+            out_dir,
+            maxima=maxima,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            per_image=per_image,
+            occlusion_images=occlusion_images,
+            class_names=class_names,
+            title=title,
+            progress=progress,
+        )
+    finally:
+        if maxima is not None:
+            maxima.close()
 
 
 def atlas_from_mined(
@@ -102,6 +117,7 @@ def atlas_from_mined(
     out_dir: str | os.PathLike,
     *,
     stats: ActivationStats | None = None,
+    maxima: ChannelMaxima | None = None,
     project: Projector | None = None,
     batch_size: int = 64,
     num_workers: int = 0,
@@ -114,7 +130,9 @@ def atlas_from_mined(
     """:func:`build_atlas` from ``mined`` (layer → :class:`TopActivations` on ``data``).
 
     ``stats`` (from :func:`~deconvnet_attr.atlas.activation_stats` over the same data, watching
-    every mined image and ``occlusion_images``) is collected here when not given. ``project``
+    every mined image and ``occlusion_images``) is computed here when not given: from ``maxima``
+    (a :class:`~deconvnet_attr.atlas.ChannelMaxima` recorded while mining ``mined`` over the same
+    data, at no pass over it) or else by one streaming pass. ``project``
     replaces the projection of each chunk of channels (default:
     :func:`~deconvnet_attr.projection.project_top_activations`). Other arguments as in
     :func:`build_atlas`.
@@ -134,10 +152,13 @@ def atlas_from_mined(
         raise ValueError("occlusion maps need an analysed layer with a spatial (C, H, W) map")
     pages = sorted({int(i) for top in mined.values() for i in top.indices.flatten().tolist()})
     pages = sorted(set(pages) | set(occlusion_images))
+    channels = {name: top.channels for name, top in mined.items()}
+    if stats is None and maxima is not None:
+        stats = maxima.stats(channels, watch=pages, per_image=per_image)
     if stats is None:
         stats = activation_stats(
             model,
-            {name: top.channels for name, top in mined.items()},
+            channels,
             loader,
             watch=pages,
             per_image=per_image,

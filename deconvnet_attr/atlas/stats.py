@@ -1,16 +1,23 @@
-"""One streaming pass for the atlas: per-channel activation histograms and per-image top channels.
+"""The atlas's statistics: per-channel activation histograms and per-image top channels.
 
 :func:`top_activations_by_layer` keeps only each channel's top ``k`` images; the atlas also shows
 how a channel responds over the *whole* data set (a histogram of every image's strongest unit) and,
-for the images that get a page, which channels they excite most. :func:`activation_stats` collects
-both in one pass over the data for all layers, with memory independent of the data-set size.
+for the images that get a page, which channels they excite most. Both come from each image's
+strongest unit per channel: recorded during the mining pass itself into a :class:`ChannelMaxima`
+(``top_activations_by_layer(..., maxima=...)``; no further pass over the data), or collected by
+:func:`activation_stats` in one streaming pass for all layers. Memory is independent of the
+data-set size either way.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import IO
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -20,7 +27,13 @@ from deconvnet_attr.taps import Taps
 
 from .records import Histogram, TopChannels
 
-__all__ = ["ActivationStats", "StreamingHistogram", "activation_stats", "batches"]
+__all__ = [
+    "ActivationStats",
+    "ChannelMaxima",
+    "StreamingHistogram",
+    "activation_stats",
+    "batches",
+]
 
 
 class StreamingHistogram:
@@ -151,34 +164,129 @@ def activation_stats(
     Memory is ``O(batch + channels * bins + len(watch) * per_image)``.
     """
     names = list(channels)
-    chosen = {name: torch.as_tensor(channels[name], dtype=torch.long) for name in names}
+    collect = _Collector(channels, watch, per_image, bins)
     taps = Taps(model, names, stop=True)
-    watched = torch.as_tensor(sorted(set(int(i) for i in watch)), dtype=torch.long)
-    histograms = {name: StreamingHistogram(len(chosen[name]), bins) for name in names}
-    top: dict[int, dict[str, TopChannels]] = {}
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     stream = batches(data.split(batch_size) if isinstance(data, Tensor) else data)
     total = -(-len(data) // batch_size) if isinstance(data, Tensor) else _length(data)
-    seen = 0
     with torch.no_grad():
         for inputs, positions in tqdm(
             stream, total=total, desc="atlas statistics", disable=not progress
         ):
             outputs = taps(inputs.to(device))
-            keep = torch.isin(positions, watched)
             for name, out in zip(names, outputs.values(), strict=True):
                 maxima = out.flatten(2).amax(2) if out.dim() > 2 else out
-                maxima = maxima[:, chosen[name].to(maxima.device)].float().cpu()  # (B, C)
-                histograms[name].add(maxima)
-                for row in torch.nonzero(keep).flatten().tolist():
-                    values, order = maxima[row].sort(descending=True, stable=True)
-                    top.setdefault(int(positions[row]), {})[name] = TopChannels(
-                        values[:per_image].clone(), chosen[name][order[:per_image]]
-                    )
-            seen += len(inputs)
-    if not seen:
-        raise ValueError("data is empty: no batches to collect statistics from")
-    return ActivationStats(histograms, chosen, top, seen)
+                chosen = collect.channels[name].to(maxima.device)
+                collect.add(name, maxima[:, chosen].float().cpu(), positions)
+            collect.seen += len(inputs)
+    return collect.result()
+
+
+class _Collector:
+    """Accumulates :class:`ActivationStats` from batches of per-image channel maxima."""
+
+    def __init__(
+        self,
+        channels: Mapping[str, Tensor | Sequence[int]],
+        watch: Iterable[int],
+        per_image: int,
+        bins: int,
+    ) -> None:
+        self.channels = {n: torch.as_tensor(c, dtype=torch.long) for n, c in channels.items()}
+        self.histograms = {n: StreamingHistogram(len(c), bins) for n, c in self.channels.items()}
+        self.watched = torch.as_tensor(sorted(set(int(i) for i in watch)), dtype=torch.long)
+        self.per_image = per_image
+        self.top: dict[int, dict[str, TopChannels]] = {}
+        self.seen = 0
+
+    def add(self, name: str, maxima: Tensor, positions: Tensor) -> None:
+        """Count ``maxima`` ``(B, C)`` (columns: ``channels[name]``) of the images at
+        ``positions`` ``(B,)``."""
+        self.histograms[name].add(maxima)
+        for row in torch.nonzero(torch.isin(positions, self.watched)).flatten().tolist():
+            values, order = maxima[row].sort(descending=True, stable=True)
+            self.top.setdefault(int(positions[row]), {})[name] = TopChannels(
+                values[: self.per_image].clone(), self.channels[name][order[: self.per_image]]
+            )
+
+    def result(self) -> ActivationStats:
+        if not self.seen:
+            raise ValueError("data is empty: no batches to collect statistics from")
+        return ActivationStats(self.histograms, self.channels, self.top, self.seen)
+
+
+class ChannelMaxima:
+    """Each image's strongest unit per mined channel, recorded batch by batch during mining
+    (``top_activations_by_layer(..., maxima=store)``), kept in an anonymous temporary file
+    (``4 * images * channels`` bytes on disk, one batch in memory), so that :meth:`stats`
+    gives the atlas's statistics without another pass over the data: exactly what
+    :func:`activation_stats` computes over the same batches."""
+
+    def __init__(self) -> None:
+        self._file: IO[bytes] = tempfile.TemporaryFile()
+        self._batches: dict[str, list[tuple[int, int, int]]] = {}  # offset, B, C
+        self._channels: dict[str, Tensor] = {}
+
+    def record(self, layer: str, channels: Tensor, maxima: Tensor, positions: Tensor) -> None:
+        """Append one batch of ``layer``: ``maxima`` ``(B, C)`` of ``channels`` ``(C,)`` for
+        the images at data-set ``positions`` ``(B,)``."""
+        known = self._channels.setdefault(layer, channels.clone())
+        if not torch.equal(known, channels):
+            raise ValueError(f"layer {layer!r} was recorded with other channels before")
+        values = maxima.detach().to("cpu", torch.float32).contiguous()
+        self._file.seek(0, os.SEEK_END)
+        offset = self._file.tell()
+        self._file.write(values.numpy().tobytes())
+        self._file.write(positions.to("cpu", torch.int64).contiguous().numpy().tobytes())
+        self._batches.setdefault(layer, []).append((offset, *values.shape))
+
+    def has(self, layer: str, channels: Tensor | Sequence[int]) -> bool:
+        """Whether ``channels`` of ``layer`` were recorded."""
+        known = self._channels.get(layer)
+        return known is not None and bool(
+            torch.isin(torch.as_tensor(channels, dtype=torch.long), known).all()
+        )
+
+    def stats(
+        self,
+        channels: Mapping[str, Tensor | Sequence[int]],
+        *,
+        watch: Iterable[int] = (),
+        per_image: int = 8,
+        bins: int = 64,
+    ) -> ActivationStats:
+        """:func:`activation_stats` (same arguments) from the recorded batches; ``channels``
+        must be among those mined for each layer."""
+        collect = _Collector(channels, watch, per_image, bins)
+        for name, wanted in collect.channels.items():
+            if name not in self._channels:
+                recorded = list(self._channels)
+                raise ValueError(f"layer {name!r} was not recorded (recorded: {recorded})")
+            column = {int(c): i for i, c in enumerate(self._channels[name])}
+            missing = [int(c) for c in wanted if int(c) not in column]
+            if missing:
+                raise ValueError(f"channels {missing} of layer {name!r} were not mined")
+            columns = torch.tensor([column[int(c)] for c in wanted], dtype=torch.long)
+            seen = 0
+            for maxima, positions in self._read(name):
+                collect.add(name, maxima[:, columns], positions)
+                seen += len(positions)
+            collect.seen = seen
+        return collect.result()
+
+    def _read(self, layer: str) -> Iterator[tuple[Tensor, Tensor]]:
+        for offset, rows, cols in self._batches.get(layer, []):
+            self._file.seek(offset)
+            values = np.frombuffer(self._file.read(4 * rows * cols), np.float32)
+            positions = np.frombuffer(self._file.read(8 * rows), np.int64)
+            yield (
+                torch.from_numpy(values.reshape(rows, cols).copy()),
+                torch.from_numpy(positions.copy()),
+            )
+
+    def close(self) -> None:
+        """Delete the temporary file."""
+        self._file.close()
 
 
 def _length(data: Iterable) -> int | None:

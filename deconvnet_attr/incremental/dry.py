@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.fx import Node
 from torch.fx.node import map_arg
 
-from deconvnet_attr.incremental.executor import RunStats
+from deconvnet_attr.incremental.executor import PRODUCING, RunStats
 from deconvnet_attr.incremental.patches import (
     UNCHANGED,
     Rect,
@@ -89,6 +89,19 @@ class _Dry:
                 self.stats.moved += _numel(self.net.values[node], self.samples)
 
     def _step(self, node: Node, env: dict[Node, Any]) -> Any:
+        result = self._evaluate(node, env)
+        ref_out, spec = self.net.values[node], self.net.specs[node]
+        if spec.kind in PRODUCING and _batched(ref_out, self.plan.examples):
+            self.stats.elements_full += _numel(ref_out, self.samples)
+            if result is FULL:
+                self.stats.elements += _numel(ref_out, self.samples)
+            elif isinstance(result, Rect):
+                shape = ref_out.shape
+                channels = shape[-1] if spec.channels_last else math.prod(shape[1:-2])
+                self.stats.elements += self.samples * channels * result.h * result.w
+        return result
+
+    def _evaluate(self, node: Node, env: dict[Node, Any]) -> Any:
         net = self.net
         ref_out = net.values[node]
         maps = [a for a in node.all_input_nodes if a in net.depends and net.specs[a].kind != "meta"]

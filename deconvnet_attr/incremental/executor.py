@@ -47,6 +47,10 @@ class RunStats:
     moved: int = 0
     #: ops run on rectangles
     rect_ops: int = 0
+    #: output elements of the ops the plan ran (rectangles and whole batches; views excluded)
+    elements: int = 0
+    #: output elements of the same ops under full recomputation
+    elements_full: int = 0
 
     @property
     def theoretical_speedup(self) -> float:
@@ -103,6 +107,17 @@ class Executor:
         )
 
     def _step(self, node: Node, env: dict[Node, Any], copies: int) -> Any:
+        result = self._evaluate(node, env, copies)
+        ref_out = self.net.values[node]
+        if self.net.specs[node].kind in PRODUCING and self._batched(ref_out):
+            self.stats.elements_full += _numel(ref_out) * copies
+            if isinstance(result, Patch):
+                self.stats.elements += result.data.numel()
+            elif isinstance(result, Tensor):
+                self.stats.elements += result.numel()
+        return result
+
+    def _evaluate(self, node: Node, env: dict[Node, Any], copies: int) -> Any:
         net = self.net
         spec = net.specs[node]
         if spec.kind == "meta":
@@ -316,6 +331,18 @@ def _whole(value: Any, ref: Any, copies: int) -> Any:
     if isinstance(value, Patch):
         return paste(ref, value, copies)
     return value
+
+
+#: Geometry kinds whose ops write new output elements (layout ops are views or cheap copies,
+#: meta ops compute shapes): what ``RunStats.elements`` counts.
+PRODUCING = frozenset({"window", "pointwise", "merge", "opaque"})
+
+
+def _numel(value: Any) -> int:
+    """Elements of a tensor or of a tuple / list of tensors."""
+    if isinstance(value, list | tuple):
+        return sum(_numel(v) for v in value)
+    return value.numel() if isinstance(value, Tensor) else 0
 
 
 def _is_patch(value: Any) -> bool:

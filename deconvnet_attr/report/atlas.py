@@ -2,9 +2,10 @@
 analysed layer as browsable pages in ``ctx.out/atlas/``, from the report's own mined result.
 
 The atlas (:func:`~deconvnet_attr.atlas.atlas_from_mined`) reuses the report's one mining pass;
-it adds one streaming pass for the activation histograms and the image pages' top channels, then
-projects each layer's channels in chunks of ``ctx.batch_size`` seeds, so its memory is bounded
-by the batch size, not by the data-set size or the channel count.
+the activation histograms and the image pages' top channels come from the channel maxima that
+pass recorded (``ctx.maxima``; one more streaming pass when there are none, e.g. under torchrun);
+then it projects each layer's channels in chunks of ``ctx.batch_size`` seeds, so its memory is
+bounded by the batch size, not by the data-set size or the channel count.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import html
 
 import torch
 
-from deconvnet_attr.atlas import atlas_from_mined
+from deconvnet_attr.atlas import ChannelMaxima, atlas_from_mined
 from deconvnet_attr.mining import TopActivations
 
 from .context import Mined, ReportContext
@@ -48,6 +49,7 @@ def write_report_atlas(ctx: ReportContext, mined: Mined) -> str:
         ctx.loader(),
         shown,
         ctx.out / ATLAS_DIR,
+        maxima=ctx.maxima if _recorded(ctx.maxima, shown) else None,
         project=lambda layer, top: ctx.project(layer, top, keep=False, take=True),
         batch_size=ctx.batch_size,
         occlusion_images=occlusion,
@@ -68,3 +70,10 @@ def write_report_atlas(ctx: ReportContext, mined: Mined) -> str:
     )
     head = "<thead><tr><th>layer</th><th>channels in the atlas</th></tr></thead>"
     return f'<div class="atlas">{intro}<table>{head}<tbody>{rows}</tbody></table></div>'
+
+
+def _recorded(maxima: ChannelMaxima | None, shown: Mined) -> bool:
+    """Whether ``maxima`` holds every shown layer (not so for a caller's own ``mined``)."""
+    return maxima is not None and all(
+        maxima.has(layer, top.channels) for layer, top in shown.items()
+    )

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from deconvnet_attr.atlas import ChannelMaxima
 from deconvnet_attr.cli import one_line
-from deconvnet_attr.distributed import rank0_writes
+from deconvnet_attr.distributed import rank0_writes, rank_and_world
 from deconvnet_attr.mining import TopActivations, top_activations_by_layer
 
 from .atlas import write_report_atlas
@@ -28,7 +29,13 @@ __all__ = ["ReportResult", "build_report", "mine_layers", "write_report"]
 
 def mine_layers(ctx: ReportContext) -> dict[str, TopActivations]:
     """The top-``ctx.k`` activations of every channel of each of ``ctx.layers`` over ``ctx.data``,
-    in one pass over the data (:func:`~deconvnet_attr.mining.top_activations_by_layer`)."""
+    in one pass over the data (:func:`~deconvnet_attr.mining.top_activations_by_layer`). For the
+    unit atlas (``ctx.atlas``, one process) the same pass records each image's channel maxima into
+    ``ctx.maxima``, so the atlas's statistics need no pass of their own."""
+    if ctx.atlas and rank_and_world()[1] == 1:
+        if ctx.maxima is not None:
+            ctx.maxima.close()
+        ctx.maxima = ChannelMaxima()
     return top_activations_by_layer(
         ctx.model,
         ctx.layers,
@@ -36,6 +43,7 @@ def mine_layers(ctx: ReportContext) -> dict[str, TopActivations]:
         k=ctx.k,
         batch_size=ctx.batch_size,
         progress=ctx.progress,
+        maxima=ctx.maxima,
     )
 
 
@@ -149,6 +157,9 @@ def _write_report(
                 f'<p class="error">The unit atlas failed: <code>{html.escape(message)}</code></p>'
             )
         atlas_time = f", {time.perf_counter() - t0:.1f} s the unit atlas"
+    if ctx.maxima is not None:  # its temporary file: the atlas was its only reader
+        ctx.maxima.close()
+        ctx.maxima = None
     total = time.perf_counter() - start
     footer = (
         f"Built in {total:.1f} s ({mining:.1f} s mining the top activations{atlas_time}) by "

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from deconvnet_attr.atlas.stats import ChannelMaxima
 from deconvnet_attr.mining import TopActivations
 from deconvnet_attr.projection import project_top_activations
 
@@ -70,6 +71,11 @@ class ReportContext:
     atlas_channels: int | None = None
     workers: int = 0
     _per_class: tuple[Tensor, Tensor, int] | None = field(default=None, repr=False, compare=False)
+    maxima: ChannelMaxima | None = field(default=None, repr=False, compare=False)
+    """Each image's strongest unit per mined channel, recorded by
+    :func:`~deconvnet_attr.report.mine_layers` for the atlas's statistics (``None``: not
+    recorded, e.g. under torchrun or for a caller's own ``mined``; the atlas then makes one
+    statistics pass over the data)."""
     _projected: dict[tuple[str, int], tuple[Tensor, Tensor, IO[bytes]]] = field(
         default_factory=dict, repr=False, compare=False
     )
