@@ -100,6 +100,7 @@ def fit(rows: list[dict[str, object]]) -> None:
     """Least squares (non-negative by clipping) of full_s ~ a*macs_full + b*elements_full and
     incremental_s ~ a*e*macs + a*(m*moved + o*rect_ops) + b*elements, printed with the
     cost-model constants they imply (in MAC equivalents)."""
+
     def col(name: str) -> torch.Tensor:
         return torch.tensor([float(r[name]) for r in rows], dtype=torch.float64)
 
@@ -108,9 +109,10 @@ def fit(rows: list[dict[str, object]]) -> None:
     a_full = torch.stack([col("conv_macs_full"), col("elements_full")], 1) / full_s[:, None]
     coef_full = torch.linalg.lstsq(a_full, torch.ones_like(full_s)[:, None]).solution[:, 0]
     per_mac, per_elem = (float(c) for c in coef_full)
-    a_inc = torch.stack(
-        [col("conv_macs"), col("moved"), col("rect_ops"), col("elements")], 1
-    ) / inc_s[:, None]
+    a_inc = (
+        torch.stack([col("conv_macs"), col("moved"), col("rect_ops"), col("elements")], 1)
+        / inc_s[:, None]
+    )
     coef_inc = torch.linalg.lstsq(a_inc, torch.ones_like(inc_s)[:, None]).solution[:, 0]
     print(
         f"  full: {per_mac * 1e9:.3f} s per GMAC, {per_elem * 1e9:.3f} s per G output elements"
