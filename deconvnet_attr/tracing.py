@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -69,7 +69,8 @@ class _ThreadLocalTracer(Tracer):
         if name not in parameter_proxy_cache:
             factory = None
             if self.param_shapes_constant:
-                factory = lambda node: ParameterProxy(self, node, name, attr_val)  # noqa: E731
+                value = cast(nn.Parameter, attr_val)  # torch's default passes buffers here too
+                factory = lambda node: ParameterProxy(self, node, name, value)  # noqa: E731
             parameter_proxy_cache[name] = self.create_proxy(
                 "get_attr", name, (), {}, proxy_factory_fn=factory
             )

@@ -143,3 +143,29 @@ def test_untraceable_model_reason_is_one_short_line():
     assert occlusion.last_run.path == "full"
     assert "\n" not in reason and len(reason) < 300, reason
     assert "Untraceable" in reason
+
+
+def test_parameter_and_buffer_reads_trace_as_torch_fx_does():
+    """The tracer's dict lookup of parameter / buffer names gives torch.fx's own graph: the same
+    get_attr nodes (first name of a tied parameter, buffers, parameters read in forward)."""
+    import torch.nn.functional as F
+
+    class Reads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.tied = self.conv  # the same parameters under a second name
+            self.scale = nn.Parameter(torch.ones(4, 1, 1))
+            self.register_buffer("shift", torch.zeros(4, 1, 1))
+            self.bn = nn.BatchNorm2d(4).eval()
+
+        def forward(self, x):
+            y = F.conv2d(x, self.tied.weight, self.conv.bias) * self.scale + self.shift
+            bn = self.bn
+            return F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias)
+
+    for model in (Reads(), torchvision.models.resnet18().eval()):
+        ours, theirs = symbolic_trace(model), torch.fx.symbolic_trace(model)
+        assert str(ours.graph) == str(theirs.graph)
+        x = torch.rand(1, 3, 32, 32)
+        torch.testing.assert_close(ours(x), theirs(x))
