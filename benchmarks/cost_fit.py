@@ -33,7 +33,7 @@ from occlusion_zoo import MODELS, setting  # noqa: E402
 from test_deconv import build  # noqa: E402
 
 from deconvnet_attr.incremental import IncrementalForward  # noqa: E402
-from deconvnet_attr.incremental.cost import estimate  # noqa: E402
+from deconvnet_attr.incremental.cost import MARGIN, estimate  # noqa: E402
 from deconvnet_attr.incremental.dry import dry_run  # noqa: E402
 
 FIELDS = (
@@ -122,7 +122,7 @@ def fit(rows: list[dict[str, object]]) -> None:
     print("  incremental, in MACs of full recomputation: " + ", ".join(
         f"{n} {float(c) / per_mac:.3g}" for n, c in zip(names, coef_inc, strict=True)
     ))  # fmt: skip
-    wrong = sum((float(r["estimate"]) >= 1.1) != (float(r["measured"]) >= 1.0) for r in rows)
+    wrong = sum((float(r["estimate"]) >= MARGIN) != (float(r["measured"]) >= 1.0) for r in rows)
     print(f"  the current model's choice is wrong on {wrong} of {len(rows)} models")
 
 

@@ -216,17 +216,27 @@ def test_cost_model_verdict_and_batches_of_images():
 
 
 def test_estimate_arithmetic():
-    """Hand-computed costs: full = MACs; incremental = efficiency * MACs + moves + ops."""
+    """Hand-computed costs: full = MACs + output elements; incremental = efficiency * MACs +
+    moves + ops + output elements, each at the thread count's constants."""
     from deconvnet_attr.incremental import cost
 
     stats = RunStats(conv_macs=10**9, conv_macs_full=4 * 10**9, batches=1, moved=10**6)
-    stats.rect_ops = 100
-    e = estimate(stats, 1)
-    expected = cost.efficiency(1) * 1e9 + cost.PER_ELEMENT * 1e6 + cost.PER_OP * 100
-    assert e.incremental == pytest.approx(expected) and e.full == 4e9
-    assert e.chosen and e.speedup == pytest.approx(4e9 / expected)
+    stats.rect_ops, stats.elements, stats.elements_full = 100, 10**6, 10**8
+    for threads in (1, 2, 4):
+        c = cost.constants(threads)
+        e = estimate(stats, threads)
+        expected = c.efficiency * 1e9 + c.per_element * 1e6 + c.per_op * 100 + c.per_output * 1e6
+        assert e.incremental == pytest.approx(expected)
+        assert e.full == pytest.approx(4e9 + c.per_output * 1e8)
+        assert e.speedup == pytest.approx(e.full / expected) and e.threads == threads
+        assert e.chosen == (e.speedup >= cost.MARGIN)
+    # the fitted constants at 1 and 2 threads, extrapolated linearly
+    assert cost.constants(1) == cost.Constants(0.8, 14.0, 1.45e7, 28.0)
+    two, three = cost.constants(2), cost.constants(3)
+    assert two.per_op == pytest.approx(2.001e7) and two.per_output == pytest.approx(33.3)
+    assert three.per_element - two.per_element == pytest.approx(9.6)
     slow = estimate(RunStats(conv_macs=4 * 10**9, conv_macs_full=4 * 10**9), 2)
-    assert not slow.chosen and "cost model" in str(slow)
+    assert not slow.chosen and "cost model" in str(slow) and "1.3x" in str(slow)
     tiny = estimate(RunStats(conv_macs=10**9, conv_macs_full=10**9), 1)
     assert tiny.chosen and not tiny.decided
 
