@@ -109,7 +109,9 @@ def row(spec: str, threads: int, stride: int | None, fp64: bool) -> tuple[str, f
         ours_occ = Occlusion(model)
         wall_o, cpu_o, ours = timed(lambda: ours_occ.attribute(x, **kwargs))
     run = ours_occ.last_run
-    scale = float(theirs.abs().max())
+    # relative to the largest attribution; absolute where Captum's is all zero (a random-init
+    # network whose target logit no occlusion changes, e.g. timm's inception_v4)
+    scale = float(theirs.abs().max()) or 1.0
     diff = float((ours - theirs).abs().max()) / scale
     line = (
         f"| {spec} | {threads} | {kwargs['strides'][1]} | {run.path} | "

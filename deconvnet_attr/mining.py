@@ -306,7 +306,8 @@ def _check_finite(batch: Tensor, positions: Tensor, what: str) -> None:
 def _candidates(out: Tensor, chosen: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Each image's strongest unit per chosen channel: values/positions ``(C, B)``, locations
     ``(C, B, S)``; on ties the first unit in row-major order."""
-    maps = out[:, chosen]
+    every = len(chosen) == out.shape[1] and torch.equal(chosen.cpu(), torch.arange(len(chosen)))
+    maps = out if every else out[:, chosen]  # indexing copies the whole map (100 MB at 224 px)
     flat = (maps.flatten(2) if maps.dim() > 2 else maps[..., None]).float().cpu()
     values, unit = flat.max(dim=2)
     locations = _unravel(unit, out.shape[2:])  # (B, C, S)
