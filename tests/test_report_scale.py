@@ -220,13 +220,13 @@ def _context(data: TensorDataset, tmp_path: Path, batch_size: int) -> ReportCont
 
 @pytest.mark.parametrize(
     ("side", "batch_size", "expected"),
-    # PASS_PIXELS / (H * W), written out: 8 * 224 * 224 pixels a pass
-    [(28, 64, 64), (224, 64, 8), (448, 64, 2), (1024, 64, 1), (224, 4, 4)],
+    # PASS_PIXELS / (H * W), written out: 4 * 224 * 224 pixels a pass
+    [(28, 64, 64), (224, 64, 4), (448, 64, 1), (1024, 64, 1), (224, 2, 2), (112, 64, 16)],
 )
 def test_pass_size_bounds_the_pixels_of_a_pass(tmp_path, side, batch_size, expected):
     data = TensorDataset(torch.zeros(2, 1, side, side), torch.zeros(2, dtype=torch.long))
     assert _context(data, tmp_path, batch_size).pass_size == expected
-    assert context_module.PASS_PIXELS == 8 * 224 * 224
+    assert context_module.PASS_PIXELS == 4 * 224 * 224
 
 
 def test_freed_memory_is_released_after_mining_and_every_section(tmp_path, monkeypatch):

@@ -22,12 +22,12 @@ from deconvnet_attr.projection import project_top_activations
 
 __all__ = ["PASS_PIXELS", "Mined", "ReportContext", "Section", "SectionBuilder"]
 
-PASS_PIXELS = 8 * 224 * 224
+PASS_PIXELS = 4 * 224 * 224
 """Input pixels per pass of the report's large-image work (:attr:`ReportContext.pass_size`):
-at most ``batch_size`` images or seeds a pass, fewer for large images (8 at 224×224, where each
-seed's forward/backward through a ResNet-18 holds about 60 MB and a forward pass of 8 images
-about 40 MB per retained map), so each section's peak memory is bounded whatever the image
-size."""
+at most ``batch_size`` images or seeds a pass, fewer for large images (4 at 224×224, where each
+seed's forward/backward through a ResNet-18 holds about 60 MB and a forward pass of 4 images
+about 20 MB per retained map; with 8, Fig. 2 of a ResNet-18 peaked at 2.04 GB), so each
+section's peak memory is bounded whatever the image size."""
 
 
 @dataclass
