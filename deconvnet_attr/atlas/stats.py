@@ -267,11 +267,9 @@ class ChannelMaxima:
             if missing:
                 raise ValueError(f"channels {missing} of layer {name!r} were not mined")
             columns = torch.tensor([column[int(c)] for c in wanted], dtype=torch.long)
-            seen = 0
             for maxima, positions in self._read(name):
                 collect.add(name, maxima[:, columns], positions)
-                seen += len(positions)
-            collect.seen = seen
+            collect.seen = sum(rows for _, rows, _ in self._batches[name])
         return collect.result()
 
     def _read(self, layer: str) -> Iterator[tuple[Tensor, Tensor]]:
