@@ -27,6 +27,11 @@ from torch import nn
 from torch.fx import GraphModule, Tracer
 from torch.fx.proxy import ParameterProxy
 
+try:  # generates the graph's Python code on the first call, not at construction
+    from torch.fx._lazy_graph_module import _LazyGraphModule as _GraphModule
+except ImportError:  # pragma: no cover - older torch
+    _GraphModule = GraphModule
+
 from deconvnet_attr.ops import registered_module
 
 __all__ = ["symbolic_trace"]
@@ -122,4 +127,6 @@ def symbolic_trace(fn: nn.Module | Callable[..., Any]) -> GraphModule:
         tracer = _ThreadLocalTracer()
         graph = tracer.trace(fn)
         name = type(fn).__name__ if isinstance(fn, nn.Module) else fn.__name__
-        return GraphModule(tracer.root, graph, name)
+        # lazily compiled: the geometry only interprets the graph, so most traces never pay
+        # for code generation (a fifth of planning a mobile network)
+        return _GraphModule(tracer.root, graph, name)

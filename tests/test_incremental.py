@@ -122,3 +122,34 @@ def test_inplace_aliasing_runs_eagerly():
         batch = _perturbed(x, 4, torch.Generator().manual_seed(1))
         assert torch.equal(engine(batch), model(batch))
     assert "in place" in engine.reason
+
+
+class EvalDropoutHead(nn.Module):
+    """torchvision's EfficientNet head: ``Dropout(inplace=True)`` on a flattened view, plus a
+    functional in-place dropout with ``training=False`` (both the identity in eval mode)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.drop = nn.Dropout(0.5, inplace=True)
+        self.head = nn.Linear(4 * 7 * 7, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.flatten(self.conv(x), 1)
+        y = nn.functional.dropout(y, 0.5, training=False, inplace=True)
+        return self.head(self.drop(y))
+
+
+def test_eval_mode_inplace_dropout_is_not_aliasing():
+    model = EvalDropoutHead().eval()
+    engine = IncrementalForward(model, cost_model=False)
+    x = torch.randn(1, 3, 9, 9)
+    with torch.no_grad():
+        assert torch.equal(engine(x), model(x))
+        batch = _perturbed(x, 4, torch.Generator().manual_seed(2))
+        assert torch.allclose(engine(batch), model(batch), atol=1e-6)
+    assert engine.incremental, engine.reason
+    # in training mode the module may write: the engine runs the model as it is
+    trained = IncrementalForward(model.train())
+    assert trained(x).shape == (1, 3) and not trained.incremental
+    assert "training mode" in trained.reason

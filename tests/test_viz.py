@@ -83,9 +83,9 @@ def test_feature_grid_has_a_titled_block_per_channel():
     fig = plot_feature_grid(projections, patches, labels=["a", "b", "c"], blocks_per_row=2)
     shown = [ax for ax in fig.get_axes() if ax.images]
     assert [ax.get_title() for ax in shown] == ["a", "b", "c"]
-    np.testing.assert_array_equal(
-        shown[1].images[0].get_array(), feature_block(projections[1], patches[1])
-    )
+    # drawn as 8 bits: round(255 * block)
+    expected = np.round(feature_block(projections[1], patches[1]) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(shown[1].images[0].get_array(), expected)
     with pytest.raises(ValueError, match="2 projections but 3 patches"):
         plot_feature_grid([projections[0][:2]], [patches[0][:3]])
     with pytest.raises(ValueError, match="1 labels for 3 channels"):

@@ -15,11 +15,11 @@ from torch.fx import GraphModule, Interpreter, Node
 
 from deconvnet_attr.geometry.specs import node_spec
 from deconvnet_attr.geometry.window import GeometryError, OpSpec, Shaped
-from deconvnet_attr.ops import writes_input
+from deconvnet_attr.ops import OpKind, op_kind, writes_input
 from deconvnet_attr.state import preserved_state
 from deconvnet_attr.tracing import symbolic_trace
 
-__all__ = ["TracedNet", "trace"]
+__all__ = ["TracedNet", "may_write", "trace"]
 
 
 @dataclass
@@ -78,7 +78,7 @@ class _Recorder(Interpreter):
             if any(a in self.depends for a in n.all_input_nodes):
                 self.depends.add(n)
             args, kwargs = self.fetch_args_kwargs_from_env(n)
-            if self.keep and _may_write(n, self.modules):
+            if self.keep and may_write(n, self.modules):
                 args, kwargs = _copy_tensors(args), _copy_tensors(kwargs)
             self.current_node = n
             result = getattr(self, n.op)(n.target, args, kwargs)
@@ -88,27 +88,39 @@ class _Recorder(Interpreter):
         return result
 
 
-def _may_write(node: Node, modules: dict[str, Any]) -> bool:
-    """True when ``node`` may write one of its inputs (``relu_``, ``ReLU(inplace=True)``)."""
+def may_write(node: Node, modules: dict[str, Any]) -> bool:
+    """True when ``node`` may write one of its inputs (``relu_``, ``ReLU(inplace=True)``).
+
+    Dropout in eval mode (``nn.Dropout(inplace=True)`` of an eval-mode model, ``F.dropout(x,
+    training=False, inplace=True)``) returns its input untouched: no write.
+    """
     if node.op == "call_module":
-        return bool(getattr(modules[str(node.target)], "inplace", False))
+        module = modules[str(node.target)]
+        if op_kind(module) is OpKind.DROPOUT and not module.training:
+            return False
+        return bool(getattr(module, "inplace", False))
     if node.op == "call_function":
-        return writes_input(node.target) or _inplace_argument(node)
+        if writes_input(node.target):
+            return True
+        arguments = _arguments(node)
+        if arguments is None:  # builtins without a signature: assume the worst
+            return node.kwargs.get("inplace") is True or any(a is True for a in node.args[1:])
+        if op_kind(node.target) is OpKind.DROPOUT and arguments.get("training", True) is False:
+            return False
+        return arguments.get("inplace") is True
     return node.op == "call_method" and writes_input(getattr(Tensor, str(node.target), None))
 
 
-def _inplace_argument(node: Node) -> bool:
-    """The ``inplace`` argument of a functional call (``F.relu(x, True)``); True if unknown."""
-    if node.kwargs.get("inplace") is True:
-        return True
+def _arguments(node: Node) -> dict[str, Any] | None:
+    """A functional call's arguments by parameter name (``F.relu(x, True)``: ``inplace``), or
+    None when the callable has no signature."""
     try:
         signature = _signature(node.target)  # TypeError too for an unhashable target
         if signature is None:
             raise TypeError
-        bound = signature.bind(*node.args, **node.kwargs)
-    except TypeError:  # builtins without a signature: assume the worst
-        return len(node.args) > 1 and any(a is True for a in node.args[1:])
-    return bound.arguments.get("inplace") is True
+        return dict(signature.bind(*node.args, **node.kwargs).arguments)
+    except TypeError:
+        return None
 
 
 @functools.lru_cache(maxsize=1024)

@@ -13,7 +13,8 @@ from torch.fx import Node
 from torch.fx.node import map_arg
 
 from deconvnet_attr.geometry import GeometryError, TracedNet, trace
-from deconvnet_attr.ops import OpKind, op_kind, writes_input
+from deconvnet_attr.geometry.trace import may_write
+from deconvnet_attr.ops import OpKind, op_kind
 
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
@@ -77,14 +78,6 @@ def _node_op(node: Node) -> Any:
     return node.target if node.op == "call_function" else None
 
 
-def _inplace(node: Node, modules: dict[str, Any]) -> bool:
-    if node.op == "call_module":
-        return bool(getattr(modules[str(node.target)], "inplace", False))
-    if node.op == "call_function":
-        return writes_input(node.target) or node.kwargs.get("inplace") is True
-    return node.op == "call_method" and str(node.target).endswith("_")
-
-
 def module_reason(fn: Any) -> str | None:
     """Why ``fn``'s forward passes must run as they are, if they must.
 
@@ -112,7 +105,7 @@ def aliasing_hazard(net: TracedNet) -> str | None:
     modules = dict(net.module.named_modules())
     order = {n: i for i, n in enumerate(net.nodes)}
     for node in net.nodes:
-        if not _inplace(node, modules) or not node.args or not isinstance(node.args[0], Node):
+        if not may_write(node, modules) or not node.args or not isinstance(node.args[0], Node):
             continue
         mutated = node.args[0]
         if mutated.op == "placeholder":

@@ -50,8 +50,11 @@ def plot_feature_grid(
     if labels is not None and len(labels) != len(projections):
         raise ValueError(f"{len(labels)} labels for {len(projections)} channels")
     fill = None if outside is None else to_rgb(outside)
+    # 8-bit blocks, made one at a time: a float64 block of 9 tiles of 112 px is ~9 MB, and
+    # matplotlib copies float images again to normalise them (Fig. 2 of a large model was the
+    # report's memory peak); the screen shows 8 bits anyway
     blocks = [
-        feature_block(proj, patch, percentile, outside=fill)
+        _8bit(feature_block(proj, patch, percentile, outside=fill))
         for proj, patch in zip(projections, patches, strict=True)
     ]
     cols = min(blocks_per_row, len(blocks))
@@ -85,6 +88,11 @@ def plot_feature_grid(
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
+
+
+def _8bit(image: np.ndarray) -> np.ndarray:
+    """An image in [0, 1] as ``uint8`` (0-255, rounded)."""
+    return np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
 
 
 def feature_block(
