@@ -373,3 +373,44 @@ def test_build_atlas_makes_no_statistics_pass(reference, tmp_path, monkeypatch):
     model, images, labels = reference
     index = build_atlas(model, ["conv2"], images[:20], tmp_path / "a", k=2, progress=False)
     assert index.is_file()
+
+
+def test_atlas_without_writing_projects_every_chunk_and_writes_nothing(
+    reference, tmp_path, monkeypatch
+):
+    """``write=False`` (ranks > 0 under torchrun): the same projection calls as a written atlas
+    (they are collective), no statistics pass, no file."""
+    import deconvnet_attr.atlas.build as build_module
+    from deconvnet_attr.mining import top_activations_by_layer
+    from deconvnet_attr.projection import project_top_activations
+
+    model, images, _ = reference
+    mined = top_activations_by_layer(model, ["conv1", "conv2"], images[:24], k=3, progress=False)
+
+    def recording(calls):
+        def project(layer, top):
+            calls.append((layer, top.channels.tolist(), top.indices.tolist()))
+            return project_top_activations(model, layer, images[:24], top, progress=False)
+
+        return project
+
+    written, silent = [], []
+    atlas_from_mined(
+        model, images[:24], mined, tmp_path / "a", project=recording(written), progress=False
+    )
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("a statistics pass")
+
+    monkeypatch.setattr(build_module, "activation_stats", no_pass)
+    index = atlas_from_mined(
+        model,
+        images[:24],
+        mined,
+        tmp_path / "b",
+        project=recording(silent),
+        progress=False,
+        write=False,
+    )
+    assert silent == written and len(written) > 2
+    assert index == tmp_path / "b" / "index.html" and not (tmp_path / "b").exists()

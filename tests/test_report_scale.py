@@ -274,3 +274,27 @@ def test_the_reports_atlas_takes_its_statistics_from_the_mining_pass(tmp_path, m
     result = write_report(ctx, sections=[], raise_errors=True)
     assert result.index.is_file() and (tmp_path / "atlas" / "index.html").is_file()
     assert ctx.maxima is None  # closed after the atlas
+
+
+def test_a_context_that_does_not_draw_renders_no_figure(tmp_path):
+    """Ranks > 0 under torchrun (``draws=False``): ``save`` writes nothing, closes the figure
+    and returns the same tag as rank 0's."""
+    import matplotlib.pyplot as plt
+
+    images, labels = load_eval_subset()
+    settings = dict(
+        model=load_reference(),
+        model_name="reference",
+        data=TensorDataset(images[:4], labels[:4]),
+        data_name="4 images",
+        layers=["conv1"],
+    )
+    tags = []
+    for draws, folder in ((True, tmp_path / "drawn"), (False, tmp_path / "silent")):
+        folder.mkdir()
+        ctx = ReportContext(**settings, out=folder, draws=draws)
+        fig = plt.figure()
+        tags.append(ctx.save(fig, "f.png", "a figure"))
+        assert not plt.fignum_exists(fig.number)
+    assert tags[0] == tags[1] == '<img src="f.png" alt="a figure">'
+    assert (tmp_path / "drawn" / "f.png").is_file() and not any((tmp_path / "silent").iterdir())

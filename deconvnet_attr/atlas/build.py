@@ -126,6 +126,7 @@ def atlas_from_mined(
     class_names: Sequence[str] | None = None,
     title: str = "Unit atlas",
     progress: bool = True,
+    write: bool = True,
 ) -> Path:
     """:func:`build_atlas` from ``mined`` (layer → :class:`TopActivations` on ``data``).
 
@@ -134,7 +135,9 @@ def atlas_from_mined(
     (a :class:`~deconvnet_attr.atlas.ChannelMaxima` recorded while mining ``mined`` over the same
     data, at no pass over it) or else by one streaming pass. ``project``
     replaces the projection of each chunk of channels (default:
-    :func:`~deconvnet_attr.projection.project_top_activations`). Other arguments as in
+    :func:`~deconvnet_attr.projection.project_top_activations`). ``write=False`` (the ranks
+    other than 0 under torchrun) only projects every chunk of channels -- the projections are
+    collective -- and writes nothing: no statistics, image pages or files. Other arguments as in
     :func:`build_atlas`.
     """
     if not mined:
@@ -150,6 +153,13 @@ def atlas_from_mined(
         raise ValueError(f"occlusion_images {outside} are not positions in the {size} images")
     if occlusion_images and not spatial:
         raise ValueError("occlusion maps need an analysed layer with a spatial (C, H, W) map")
+    if not write:
+        for name, top in mined.items():
+            for _ in channel_records(
+                model, name, dataset, top, batch_size=batch_size, project=project
+            ):
+                pass
+        return Path(out_dir) / "index.html"
     pages = sorted({int(i) for top in mined.values() for i in top.indices.flatten().tolist()})
     pages = sorted(set(pages) | set(occlusion_images))
     channels = {name: top.channels for name, top in mined.items()}

@@ -56,6 +56,7 @@ def write_report_atlas(ctx: ReportContext, mined: Mined) -> str:
         class_names=ctx.class_names,
         title=f"Unit atlas: {ctx.model_name}",
         progress=ctx.progress,
+        write=ctx.draws,
     )
     which = "all channels" if ctx.atlas_channels is None else f"the {ctx.atlas_channels} strongest"
     rows = "".join(

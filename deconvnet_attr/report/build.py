@@ -105,11 +105,12 @@ def write_report(
 
     Under ``torchrun`` (:mod:`deconvnet_attr.distributed`) every rank runs the same builders (the
     mining and the projections inside them are sharded over the ranks, the rest is replicated)
-    and only rank 0 writes into ``ctx.out``; the others write into a temporary directory that is
-    removed, and return the same :class:`ReportResult` paths as rank 0.
+    and only rank 0 writes into ``ctx.out``; the others render no figure nor atlas page
+    (``ReportContext.draws``), write the page into a temporary directory that is removed, and
+    return the same :class:`ReportResult` paths as rank 0.
     """
     with rank0_writes(ctx.out) as out:
-        local = ctx if out == ctx.out else replace(ctx, out=out, progress=False)
+        local = ctx if out == ctx.out else replace(ctx, out=out, progress=False, draws=False)
         result = _write_report(local, sections, mined, raise_errors)
     return ReportResult(ctx.out / result.index.name, result.failed)
 

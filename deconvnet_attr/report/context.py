@@ -70,6 +70,9 @@ class ReportContext:
     atlas: bool = False
     atlas_channels: int | None = None
     workers: int = 0
+    draws: bool = True
+    """False on the ranks other than 0 under torchrun: they compute what rank 0 needs from them
+    (their shares of the mining and the projections) but render no figure and no atlas page."""
     _per_class: tuple[Tensor, Tensor, int] | None = field(default=None, repr=False, compare=False)
     maxima: ChannelMaxima | None = field(default=None, repr=False, compare=False)
     """Each image's strongest unit per mined channel, recorded by
@@ -193,8 +196,10 @@ class ReportContext:
         return torch.stack(rows)
 
     def save(self, fig: Figure, name: str, alt: str) -> str:
-        """Write ``fig`` as ``out/name`` (PNG) and return the ``<img>`` tag that shows it."""
-        fig.savefig(self.out / name, dpi=110)
+        """Write ``fig`` as ``out/name`` (PNG; not where :attr:`draws` is False) and return the
+        ``<img>`` tag that shows it."""
+        if self.draws:
+            fig.savefig(self.out / name, dpi=110)
         plt.close(fig)
         return f'<img src="{html.escape(name)}" alt="{html.escape(alt)}">'
 
