@@ -25,12 +25,10 @@ from typing import Any, cast
 import torch
 from torch import nn
 from torch.fx import GraphModule, Tracer
-from torch.fx.proxy import ParameterProxy
 
-try:  # generates the graph's Python code on the first call, not at construction
-    from torch.fx._lazy_graph_module import _LazyGraphModule as _GraphModule
-except ImportError:  # pragma: no cover - older torch
-    _GraphModule = GraphModule
+# generates the graph's Python code on its first call, not at construction (torch >= 2.2)
+from torch.fx._lazy_graph_module import _LazyGraphModule as _GraphModule
+from torch.fx.proxy import ParameterProxy
 
 from deconvnet_attr.ops import registered_module
 
