@@ -26,6 +26,11 @@ from captum._utils.gradient import (
     undo_gradient_requirements,
 )
 from captum._utils.typing import BaselineType, TargetType, TensorOrTupleOfTensorsGeneric
+from captum.attr._utils.common import (
+    _format_and_verify_sliding_window_shapes,
+    _format_and_verify_strides,
+    _format_input_baseline,
+)
 
 __all__ = [
     "BaselineType",
@@ -35,6 +40,9 @@ __all__ = [
     "_expand_additional_forward_args",
     "_expand_target",
     "_format_additional_forward_args",
+    "_format_and_verify_sliding_window_shapes",
+    "_format_and_verify_strides",
+    "_format_input_baseline",
     "_format_output",
     "_format_tensor_into_tuples",
     "_is_tuple",

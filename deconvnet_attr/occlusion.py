@@ -1,12 +1,15 @@
 """Captum-compatible ``Occlusion`` that runs the incremental engine where it can.
 
-``Occlusion`` is ``captum.attr.Occlusion`` with one change: when ``forward_func`` is an
-``nn.Module`` (or its bound ``forward``, or a function) that ``torch.fx`` can trace, Captum's own
-perturbation loop calls :class:`~deconvnet_attr.incremental.IncrementalForward` instead of the
-model, which recomputes only what each occluding window changes. Argument handling, errors,
-batching, progress bars and the accumulation of attributions are Captum's, unchanged; so the
-numbers equal Captum's up to float rounding. Everything else runs Captum's full recomputation;
-the ``deconvnet_attr.occlusion`` logger says at DEBUG level which path ran and why.
+``Occlusion`` is ``captum.attr.Occlusion`` with two changes. The perturbation loop is
+:mod:`~deconvnet_attr.sweep` (Captum's arithmetic with windows as slices instead of full-size
+masks); and when ``forward_func`` is an ``nn.Module`` (or its bound ``forward``, or a function)
+that ``torch.fx`` can trace, the loop calls
+:class:`~deconvnet_attr.incremental.IncrementalForward` instead of the model, which recomputes
+only what each occluding window changes. Argument formatting, target and argument expansion and
+the result's shape are Captum's; the numbers equal Captum's up to float rounding. Inputs whose
+occlusion Captum computes with dtype promotion (integer inputs, baselines of another dtype) run
+Captum's own loop. The ``deconvnet_attr.occlusion`` logger says at DEBUG level which path ran
+and why.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ from deconvnet_attr.captum_compat import (
     BaselineType,
     TargetType,
     TensorOrTupleOfTensorsGeneric,
+    _format_input_baseline,
+    _format_output,
+    _is_tuple,
 )
 from deconvnet_attr.checks import check_target
 from deconvnet_attr.geometry import layer_node
@@ -37,6 +43,7 @@ from deconvnet_attr.incremental import IncrementalForward, RunStats
 from deconvnet_attr.incremental.cost import Estimate
 from deconvnet_attr.occlusion_args import TargetChecked, check_baselines, check_windows
 from deconvnet_attr.state import preserved_forward_state, preserved_state
+from deconvnet_attr.sweep import fast_reason, occlusion_windows, sweep
 from deconvnet_attr.taps import LayerSpec, Taps, resolve_layer
 from deconvnet_attr.tracing import symbolic_trace
 
@@ -150,18 +157,36 @@ class Occlusion(CaptumOcclusion):
             check_baselines(inputs, baselines)
         fn, why_not = _engine_target(self.forward_func)
         engine = IncrementalForward(fn) if fn is not None else None
-        checked = TargetChecked(self.forward_func if engine is None else engine, target)
+        forward = self.forward_func if engine is None else engine
+        is_tuple = _is_tuple(inputs)
+        formatted, formatted_baselines = _format_input_baseline(inputs, baselines)
         with preserved_forward_state(self.forward_func):
-            result = CaptumOcclusion(checked).attribute(
-                inputs,
-                sliding_window_shapes,
-                strides=strides,
-                baselines=baselines,
-                target=target,
-                additional_forward_args=additional_forward_args,
-                perturbations_per_eval=perturbations_per_eval,
-                show_progress=show_progress,
-            )
+            if fast_reason(formatted, formatted_baselines) is None:
+                windows = occlusion_windows(formatted, sliding_window_shapes, strides)
+                result = _format_output(
+                    is_tuple,
+                    sweep(
+                        forward,
+                        formatted,
+                        windows,
+                        formatted_baselines,
+                        target,
+                        additional_forward_args,
+                        perturbations_per_eval,
+                        show_progress,
+                    ),
+                )
+            else:  # Captum's own loop (its dtype promotion), the engine standing in for the model
+                result = CaptumOcclusion(TargetChecked(forward, target)).attribute(
+                    inputs,
+                    sliding_window_shapes,
+                    strides=strides,
+                    baselines=baselines,
+                    target=target,
+                    additional_forward_args=additional_forward_args,
+                    perturbations_per_eval=perturbations_per_eval,
+                    show_progress=show_progress,
+                )
         if engine is None:
             self.last_run = OcclusionRun("full", why_not, RunStats())
         else:

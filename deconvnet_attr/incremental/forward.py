@@ -13,6 +13,7 @@ from deconvnet_attr.geometry import TracedNet
 from deconvnet_attr.incremental.cost import Estimate, estimate
 from deconvnet_attr.incremental.dry import dry_run
 from deconvnet_attr.incremental.executor import Executor, RunStats
+from deconvnet_attr.incremental.patches import Patch
 from deconvnet_attr.incremental.plan import Ineligible, Plan, make_plan
 
 logger = logging.getLogger("deconvnet_attr.occlusion")
@@ -35,6 +36,10 @@ class IncrementalForward:
     full recomputation is estimated faster, that batch and all later ones go to ``fn`` --
     Captum's own batched passes -- ``reason`` says so and ``stats`` hold the dry count;
     ``estimate`` holds the verdict.
+
+    A caller that knows where each sample changed (``deconvnet_attr.sweep``) may pass a 4-D input
+    as a :class:`~deconvnet_attr.incremental.patches.Patch` over the reference instead of the
+    whole batch: the plan starts from it, and a plain call of ``fn`` gets it pasted in.
     """
 
     def __init__(
@@ -60,15 +65,15 @@ class IncrementalForward:
 
     def __call__(self, *args: Any) -> Any:
         if self.reason is not None:
-            return self.fn(*args)
+            return self._plain(args)
         if self.plan is None:
             return self._start(args)
         batch = self.plan.batch_size(args)
         if batch is None:
-            return self.fn(*args)
+            return self._plain(args)
         copies = batch // self.plan.examples
         if self.cost_model and self.estimate is None and not self._choose(args, copies):
-            return self.fn(*args)
+            return self._plain(args)
         try:
             with torch.no_grad():
                 executor = Executor(self.plan, self.stats, self.full_fraction)
@@ -76,8 +81,17 @@ class IncrementalForward:
         except Exception as error:  # an op behaved unlike its description: be safe, run fn
             self.reason = f"incremental evaluation failed ({type(error).__name__}: {error})"
             logger.warning("%s; full recomputation from here on", self.reason)
-            return self.fn(*args)
+            return self._plain(args)
         return result
+
+    def _plain(self, args: tuple) -> Any:
+        """``fn`` itself on ``args``, a :class:`Patch` among them pasted into its batch."""
+        patches = [a for a in args if isinstance(a, Patch)]
+        if not patches:
+            return self.fn(*args)
+        if self.plan is None:
+            raise ValueError("a Patch argument needs the unperturbed call first")
+        return self.fn(*self.plan.whole(args, patches[0].data.shape[0] // self.plan.examples))
 
     def _choose(self, args: tuple, copies: int) -> bool:
         """The cost model's verdict on the first perturbed batch, before any of it runs: True to
@@ -101,5 +115,5 @@ class IncrementalForward:
         except Ineligible as why:
             self.reason = str(why)
             # a recorded run copied in-place ops' inputs: the result comes from fn itself
-            return self.fn(*args)
+            return self._plain(args)
         return self.plan.reference_output()

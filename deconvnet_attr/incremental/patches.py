@@ -53,7 +53,10 @@ class Rect:
 def changed_rect(value: Any, ref: Any, copies: int, full_fraction: float) -> Any:
     """Where the batch ``value`` (``copies`` copies of the N examples of ``ref``) differs from
     ``ref``: :data:`UNCHANGED`, a :class:`Rect` of a 4-D map, or ``value`` itself (not a tensor,
-    not 4-D but changed, or a rectangle covering at least ``full_fraction`` of the map)."""
+    not 4-D but changed, or a rectangle covering at least ``full_fraction`` of the map). A
+    :class:`Patch` given for the value (the caller knows where it changed) is its rectangle."""
+    if isinstance(value, Patch):
+        return Rect(value.top, value.left, *value.size)
     if not isinstance(value, Tensor):
         return value
     n = ref.shape[0]

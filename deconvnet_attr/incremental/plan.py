@@ -14,6 +14,7 @@ from torch.fx.node import map_arg
 
 from deconvnet_attr.geometry import GeometryError, TracedNet, trace
 from deconvnet_attr.geometry.trace import may_write
+from deconvnet_attr.incremental.patches import Patch, paste
 from deconvnet_attr.ops import OpKind, op_kind
 
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
@@ -45,30 +46,49 @@ class Plan:
         output = next(n for n in self.net.nodes if n.op == "output")
         return map_arg(output.args[0], lambda n: self.net.values[n])
 
+    def whole(self, args: tuple, copies: int) -> tuple:
+        """``args`` with each :class:`~deconvnet_attr.incremental.patches.Patch` pasted into
+        ``copies`` copies of its reference input (the batch a plain forward pass needs)."""
+        return tuple(
+            paste(ref, arg, copies) if isinstance(arg, Patch) else arg
+            for arg, ref in zip(args, self.reference, strict=True)
+        )
+
     def batch_size(self, args: tuple) -> int | None:
-        """The batch size B if ``args`` are perturbed copies of the reference, else None."""
+        """The batch size B if ``args`` are perturbed copies of the reference, else None.
+        A :class:`~deconvnet_attr.incremental.patches.Patch` stands for the reference of a 4-D
+        input with its rectangle replaced."""
         if len(args) != len(self.reference):
             return None
         batch = None
         for arg, ref in zip(args, self.reference, strict=True):
-            if isinstance(ref, Tensor) != isinstance(arg, Tensor):
-                return None
             if not isinstance(ref, Tensor):
-                if arg is not ref and arg != ref:
+                if isinstance(arg, Tensor | Patch) or (arg is not ref and arg != ref):
                     return None
                 continue
-            if (
-                ref.dim() == 0
-                or arg.shape[1:] != ref.shape[1:]
-                or arg.dtype != ref.dtype
-                or arg.device != ref.device
-                or arg.shape[0] % ref.shape[0]
-            ):
+            samples = _samples(arg, ref)
+            if samples is None or (batch is not None and samples != batch):
                 return None
-            if batch is not None and arg.shape[0] != batch:
-                return None
-            batch = arg.shape[0]
+            batch = samples
         return batch
+
+
+def _samples(arg: Any, ref: Tensor) -> int | None:
+    """How many perturbed copies' samples ``arg`` holds, or None if it is not such a batch of
+    the reference input ``ref`` (a tensor, or a :class:`Patch` of a 4-D one)."""
+    data = arg.data if isinstance(arg, Patch) else arg
+    if not isinstance(data, Tensor) or ref.dim() == 0 or data.dim() != ref.dim():
+        return None
+    same = (
+        data.shape[1:-2] == ref.shape[1:-2]
+        if isinstance(arg, Patch)
+        else data.shape[1:] == ref.shape[1:]
+    )
+    if not same or (isinstance(arg, Patch) and ref.dim() != 4):
+        return None
+    if data.dtype != ref.dtype or data.device != ref.device or data.shape[0] % ref.shape[0]:
+        return None
+    return int(data.shape[0])
 
 
 def _node_op(node: Node) -> Any:
