@@ -85,13 +85,31 @@ class IncrementalForward:
         return result
 
     def _plain(self, args: tuple) -> Any:
-        """``fn`` itself on ``args``, a :class:`Patch` among them pasted into its batch."""
-        patches = [a for a in args if isinstance(a, Patch)]
-        if not patches:
+        """``fn`` itself on ``args`` (a :class:`Patch` among them pasted into its batch).
+
+        Once planned, ``fn`` is known to be a pure function of its inputs (eval mode, no
+        hooks, traceable), so a batch of perturbed copies is run in calls of
+        :meth:`Plan.copies_per_call` copies and the outputs concatenated: the same values,
+        allocated and cached better.
+        """
+        plan = self.plan
+        batch = plan.batch_size(args) if plan is not None else None
+        if plan is None or batch is None:
+            if any(isinstance(a, Patch) for a in args):
+                raise ValueError("a Patch argument needs the unperturbed call first")
             return self.fn(*args)
-        if self.plan is None:
-            raise ValueError("a Patch argument needs the unperturbed call first")
-        return self.fn(*self.plan.whole(args, patches[0].data.shape[0] // self.plan.examples))
+        copies = batch // plan.examples
+        whole = plan.whole(args, copies)
+        step = plan.copies_per_call(copies) * plan.examples
+        if step >= batch:
+            return self.fn(*whole)
+        parts = [
+            self.fn(*(a[i : i + step] if isinstance(a, torch.Tensor) else a for a in whole))
+            for i in range(0, batch, step)
+        ]
+        if isinstance(parts[0], torch.Tensor):
+            return torch.cat(parts)
+        return type(parts[0])(torch.cat(p) for p in zip(*parts, strict=True))
 
     def _choose(self, args: tuple, copies: int) -> bool:
         """The cost model's verdict on the first perturbed batch, before any of it runs: True to

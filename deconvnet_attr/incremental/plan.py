@@ -20,6 +20,13 @@ from deconvnet_attr.ops import OpKind, op_kind
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
+#: Largest single activation (bytes) one forward call of an eligible ``fn`` may produce when the
+#: engine runs a batch in full. A batch of 32 images at 224 px makes activations of 50-150 MB,
+#: which glibc maps afresh (page faults) on every call and which leave the caches; split into
+#: calls below this size the same work ran 1.1-1.8x faster (docs/performance.md).
+CALL_BYTES = 16 * 2**20
+
+
 class Ineligible(Exception):
     """``fn`` cannot be evaluated incrementally; the message says why."""
 
@@ -40,6 +47,20 @@ class Plan:
     modules: dict[str, Any]
     release: dict[Node, list[Node]]
     macs: dict[Node, int]
+    #: bytes of one example's largest activation
+    peak_bytes: int = 0
+
+    def copies_per_call(self, copies: int) -> int:
+        """How many of ``copies`` perturbed copies one forward call of ``fn`` should take
+        (:data:`CALL_BYTES`); ``copies`` when the output is not per-example tensors."""
+        output = self.reference_output()
+        outputs = output if isinstance(output, list | tuple) else (output,)
+        if not all(
+            isinstance(o, Tensor) and o.dim() >= 1 and o.shape[0] == self.examples for o in outputs
+        ):
+            return copies
+        per_copy = max(self.peak_bytes * self.examples, 1)
+        return max(1, min(copies, CALL_BYTES // per_copy))
 
     def reference_output(self) -> Any:
         """The unperturbed call's result, from the recorded values."""
@@ -177,6 +198,13 @@ def make_plan(fn: Callable[..., Any], args: tuple) -> Plan:
         for node in net.nodes
         if net.specs[node].macs and isinstance(net.values.get(node), Tensor)
     }
-    return Plan(
-        net, args, tensors[0].shape[0], dict(net.module.named_modules()), _release(net), macs
+    examples = tensors[0].shape[0]
+    peak = max(
+        (
+            v.numel() * v.element_size() // examples
+            for v in net.values.values()
+            if isinstance(v, Tensor) and v.dim() >= 1 and v.shape[0] == examples
+        ),
+        default=0,
     )
+    return Plan(net, args, examples, dict(net.module.named_modules()), _release(net), macs, peak)
