@@ -74,7 +74,7 @@ class Executor:
         self.stats.batches += 1
         env: dict[Node, Any] = {}
         placeholders = iter(range(len(args)))
-        for node in net.nodes:
+        for at, node in enumerate(net.nodes):
             if node.op == "placeholder":
                 i = next(placeholders, None)
                 value = args[i] if i is not None else node.args[0]
@@ -88,7 +88,47 @@ class Executor:
                 env[node] = self._step(node, env, copies)
             for used in self.plan.release.get(node, ()):
                 del env[used]
+            if isinstance(env.get(node), Tensor):
+                per_call = self._tail_copies(env, copies, at + 1)
+                if per_call < copies:
+                    return self._tail(at + 1, env, copies, per_call)
         raise GeometryError("graph without output")  # fx graphs always end in an output node
+
+    def _tail_copies(self, env: dict[Node, Any], copies: int, start: int) -> int:
+        """Copies per call for the nodes from ``start`` on, if every live batch value is a
+        whole batch by then (nothing left to do on rectangles), else ``copies``."""
+        batch = copies * self.plan.examples
+        for node, value in env.items():
+            if node in self.net.depends and not (
+                isinstance(value, Tensor) and value.dim() >= 1 and value.shape[0] == batch
+            ):
+                return copies
+        return self.plan.copies_per_call(copies, start)
+
+    def _tail(self, start: int, env: dict[Node, Any], copies: int, per_call: int) -> Any:
+        """The nodes from ``start`` on, run on ``per_call`` copies at a time (as
+        :meth:`Plan.copies_per_call` says: smaller activations, reused memory)."""
+        net, examples = self.net, self.plan.examples
+        rest = net.nodes[start:]
+        parts = []
+        for first in range(0, copies, per_call):
+            part = min(per_call, copies - first)
+            rows = slice(first * examples, (first + part) * examples)
+            sub = {n: v[rows] if n in net.depends else v for n, v in env.items()}
+            for node in rest:
+                if node.op == "output":
+                    parts.append(
+                        map_arg(node.args[0], lambda n, e=sub, c=part: self._full(n, e, c))
+                    )
+                    break
+                sub[node] = (
+                    net.values[node] if node not in net.depends else self._step(node, sub, part)
+                )
+                for used in self.plan.release.get(node, ()):
+                    del sub[used]
+        if isinstance(parts[0], Tensor):
+            return torch.cat(parts)
+        return type(parts[0])(torch.cat(p) for p in zip(*parts, strict=True))
 
     def _count(self, node: Node, samples: int, done: tuple[int, int] = (1, 1)) -> None:
         """Count ``node``'s full cost for ``samples`` and the part ``done[0] / done[1]`` of it

@@ -103,13 +103,34 @@ def gather(
         mask = outside[0][:, :, None] | outside[1][:, None, :]
         out = out.masked_fill(mask[:, None], pad_value)
     if patch is not None:
-        ph, pw = patch.size
-        data = patch.data.reshape(batch, depth, ph * pw)
-        prow, pcol = rows - patch.top[:, None], cols - patch.left[:, None]
-        inside = ((prow >= 0) & (prow < ph))[:, :, None] & ((pcol >= 0) & (pcol < pw))[:, None, :]
-        values = _take(data, prow.clamp(0, ph - 1), pcol.clamp(0, pw - 1), pw)
-        out = torch.where(inside[:, None], values, out)
+        _overlay(
+            out, patch.data.reshape(batch, depth, *patch.size), patch.top - top, patch.left - left
+        )
     return out.reshape(batch, *channels, h, w)
+
+
+def _overlay(out: Tensor, data: Tensor, down: Tensor, right: Tensor) -> None:
+    """Copy ``data`` (B, C, ph, pw) into ``out`` (B, C, h, w) at offset (down[b], right[b]),
+    clipped to ``out``: one slice assignment per distinct offset (windows away from the border
+    share one; windows shifted inward at the border add a few)."""
+    (ph, pw), (h, w) = data.shape[-2:], out.shape[-2:]
+    offsets = torch.stack([down, right], 1)
+    distinct = offsets.unique(dim=0)
+    for dy, dx in distinct.tolist():
+        rows = slice(max(dy, 0), min(dy + ph, h))
+        cols = slice(max(dx, 0), min(dx + pw, w))
+        if rows.start >= rows.stop or cols.start >= cols.stop:
+            continue
+        inside = (
+            ...,
+            slice(rows.start - dy, rows.stop - dy),
+            slice(cols.start - dx, cols.stop - dx),
+        )
+        if len(distinct) == 1:
+            out[..., rows, cols] = data[inside]
+        else:
+            which = ((offsets[:, 0] == dy) & (offsets[:, 1] == dx)).nonzero().squeeze(1)
+            out[which, :, rows, cols] = data[which][inside]
 
 
 def _take(flat: Tensor, rows: Tensor, cols: Tensor, width: int) -> Tensor:

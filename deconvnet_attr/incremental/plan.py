@@ -5,7 +5,7 @@ cached values die after which node (liveness), and what each node costs in full.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor, nn
@@ -47,19 +47,21 @@ class Plan:
     modules: dict[str, Any]
     release: dict[Node, list[Node]]
     macs: dict[Node, int]
-    #: bytes of one example's largest activation
-    peak_bytes: int = 0
+    #: bytes of one example's largest activation at or after each node (by position)
+    peak_bytes: list[int] = field(default_factory=list)
 
-    def copies_per_call(self, copies: int) -> int:
-        """How many of ``copies`` perturbed copies one forward call of ``fn`` should take
-        (:data:`CALL_BYTES`); ``copies`` when the output is not per-example tensors."""
+    def copies_per_call(self, copies: int, start: int = 0) -> int:
+        """How many of ``copies`` perturbed copies one forward call of ``fn`` (or of its nodes
+        from position ``start`` on) should take (:data:`CALL_BYTES`); ``copies`` when the
+        output is not per-example tensors."""
         output = self.reference_output()
         outputs = output if isinstance(output, list | tuple) else (output,)
         if not all(
             isinstance(o, Tensor) and o.dim() >= 1 and o.shape[0] == self.examples for o in outputs
         ):
             return copies
-        per_copy = max(self.peak_bytes * self.examples, 1)
+        peak = self.peak_bytes[start] if start < len(self.peak_bytes) else 0
+        per_copy = max(peak * self.examples, 1)
         return max(1, min(copies, CALL_BYTES // per_copy))
 
     def reference_output(self) -> Any:
@@ -199,12 +201,14 @@ def make_plan(fn: Callable[..., Any], args: tuple) -> Plan:
         if net.specs[node].macs and isinstance(net.values.get(node), Tensor)
     }
     examples = tensors[0].shape[0]
-    peak = max(
-        (
-            v.numel() * v.element_size() // examples
-            for v in net.values.values()
-            if isinstance(v, Tensor) and v.dim() >= 1 and v.shape[0] == examples
-        ),
-        default=0,
-    )
+    nodes = net.nodes
+    peak = [0] * (len(nodes) + 1)
+    for at in range(len(nodes) - 1, -1, -1):
+        value = net.values.get(nodes[at])
+        own = (
+            value.numel() * value.element_size() // examples
+            if isinstance(value, Tensor) and value.dim() >= 1 and value.shape[0] == examples
+            else 0
+        )
+        peak[at] = max(own, peak[at + 1])
     return Plan(net, args, examples, dict(net.module.named_modules()), _release(net), macs, peak)
