@@ -2,8 +2,9 @@
 
 For each zoo model (``occlusion_zoo``'s setting: 224 px, 3x16x16 window, the zoo's stride,
 batches of 32) and each thread count: the seconds of one batch of 32 occluded copies through the
-model (Captum's full recomputation; best of ``--repeats``) and through the incremental plan
-(forced, no cost model; best of ``--repeats``), the plan's dry count of that batch (convolution
+model as one call (Captum's full recomputation), through the engine's full recomputation (the
+planned model in calls below ``plan.CALL_BYTES``) and through the incremental plan (forced, no
+cost model; each best of ``--repeats``), the plan's dry count of that batch (convolution
 MACs done and needed in full, elements moved, rectangle ops, output elements of the ops the
 plan runs on whole batches and of full recomputation), the current cost model's estimate, and
 the measured ratio. Then, per thread count, the least-squares fit of the cost model's
@@ -37,8 +38,8 @@ from deconvnet_attr.incremental.cost import MARGIN, estimate  # noqa: E402
 from deconvnet_attr.incremental.dry import dry_run  # noqa: E402
 
 FIELDS = (
-    "model", "threads", "full_s", "incremental_s", "measured", "estimate", "conv_macs",
-    "conv_macs_full", "moved", "rect_ops", "elements", "elements_full",
+    "model", "threads", "one_call_s", "full_s", "incremental_s", "measured", "estimate",
+    "conv_macs", "conv_macs_full", "moved", "rect_ops", "elements", "elements_full",
 )  # fmt: skip
 
 
@@ -75,14 +76,20 @@ def measure(spec: str, threads: int, repeats: int) -> dict[str, object] | None:
         engine(x)
         if not engine.incremental:
             return None
-        model(batch)  # warm-up of both paths
+        full = IncrementalForward(model, cost_model=False)
+        full(x)
+        full.reason = "full recomputation, measured"
+        model(batch)  # warm-up of the three paths
+        full(batch)
         engine(batch)
-        full_s = best(lambda: model(batch), repeats)
+        one_call_s = best(lambda: model(batch), repeats)
+        full_s = best(lambda: full(batch), repeats)
         incremental_s = best(lambda: engine(batch), repeats)
     counted = dry_run(engine.plan, (batch,), 32, engine.full_fraction)
     return {
         "model": spec,
         "threads": threads,
+        "one_call_s": round(one_call_s, 4),
         "full_s": round(full_s, 4),
         "incremental_s": round(incremental_s, 4),
         "measured": round(full_s / incremental_s, 3),
