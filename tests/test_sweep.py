@@ -175,6 +175,7 @@ def test_full_recomputation_in_smaller_calls_equals_one_call(monkeypatch):
     with torch.no_grad():
         engine(x)
     monkeypatch.setattr(plan, "CALL_BYTES", 3 * engine.plan.peak_bytes[0])
+    monkeypatch.setattr(plan, "SPLIT_FROM", 0)
     assert engine.plan.copies_per_call(8) == 3
     calls = []
     engine.fn = lambda t: calls.append(len(t)) or model(t)
@@ -184,6 +185,18 @@ def test_full_recomputation_in_smaller_calls_equals_one_call(monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(engine(batch), model(batch), rtol=1e-5, atol=1e-6)
     assert calls == [3, 3, 2]
+
+
+def test_batches_under_the_split_size_are_one_call():
+    model = torchvision.models.alexnet(weights=None).eval()
+    engine = IncrementalForward(model, cost_model=False)
+    with torch.no_grad():
+        engine(torch.rand(1, 3, 224, 224))
+    per_copy = engine.plan.peak_bytes[0]  # conv1's output: 64 x 55 x 55 floats
+    assert per_copy == 64 * 55 * 55 * 4
+    fits = plan.SPLIT_FROM // per_copy
+    assert engine.plan.copies_per_call(fits) == fits
+    assert engine.plan.copies_per_call(fits + 1) == plan.CALL_BYTES // per_copy
 
 
 def test_incremental_tail_in_smaller_calls_equals_the_model(monkeypatch):
@@ -196,6 +209,7 @@ def test_incremental_tail_in_smaller_calls_equals_the_model(monkeypatch):
         whole(x)
         expected = whole(batch)
     monkeypatch.setattr(plan, "CALL_BYTES", 1)  # one copy (two examples) a call
+    monkeypatch.setattr(plan, "SPLIT_FROM", 0)
     tails = []
     original = Executor._tail
     monkeypatch.setattr(

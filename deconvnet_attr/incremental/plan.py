@@ -20,10 +20,14 @@ from deconvnet_attr.ops import OpKind, op_kind
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
-#: Largest single activation (bytes) one forward call of an eligible ``fn`` may produce when the
-#: engine runs a batch in full. A batch of 32 images at 224 px makes activations of 50-150 MB,
-#: which glibc maps afresh (page faults) on every call and which leave the caches; split into
-#: calls below this size the same work ran 1.1-1.8x faster (docs/performance.md).
+#: A batch whose largest activation exceeds this many bytes is split into calls (of at most
+#: :data:`CALL_BYTES` each) when the engine computes it in full. Larger tensors than glibc's
+#: largest dynamic mmap threshold (32 MiB) are mapped afresh (page faults) on every call and
+#: leave the caches: split, the same work ran 1.1-1.8x faster (EfficientNet-B0 at one thread,
+#: 32 images at 224 px: 1.40 s -> 0.76 s; docs/performance.md). Smaller batches are not split:
+#: every call re-reads the weights, which made AlexNet's fully connected head 20 % slower.
+SPLIT_FROM = 32 * 2**20
+#: The largest activation one call of a split batch may produce.
 CALL_BYTES = 16 * 2**20
 
 
@@ -52,8 +56,8 @@ class Plan:
 
     def copies_per_call(self, copies: int, start: int = 0) -> int:
         """How many of ``copies`` perturbed copies one forward call of ``fn`` (or of its nodes
-        from position ``start`` on) should take (:data:`CALL_BYTES`); ``copies`` when the
-        output is not per-example tensors."""
+        from position ``start`` on) should take (:data:`SPLIT_FROM`, :data:`CALL_BYTES`);
+        ``copies`` when the output is not per-example tensors."""
         output = self.reference_output()
         outputs = output if isinstance(output, list | tuple) else (output,)
         if not all(
@@ -62,6 +66,8 @@ class Plan:
             return copies
         peak = self.peak_bytes[start] if start < len(self.peak_bytes) else 0
         per_copy = max(peak * self.examples, 1)
+        if per_copy * copies <= SPLIT_FROM:
+            return copies
         return max(1, min(copies, CALL_BYTES // per_copy))
 
     def reference_output(self) -> Any:
