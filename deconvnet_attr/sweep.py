@@ -98,9 +98,7 @@ def fast_reason(inputs: tuple[Tensor, ...], baselines: tuple[Any, ...]) -> str |
 
 def _fill(x: Tensor, baseline: Any) -> Tensor | float | int:
     """The occluder's values for input ``x`` (N, ...): a number, or ``baseline`` broadcast."""
-    if isinstance(baseline, Tensor):
-        return baseline.expand(x.shape)
-    return 0 if baseline is None else baseline
+    return baseline.expand(x.shape) if isinstance(baseline, Tensor) else baseline
 
 
 def _as_tensor(output: object) -> Tensor:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.fx import Node
 from torch.fx.node import map_arg
@@ -20,14 +21,17 @@ from deconvnet_attr.ops import OpKind, op_kind
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
-#: A batch whose largest activation exceeds this many bytes is split into calls (of at most
-#: :data:`CALL_BYTES` each) when the engine computes it in full. Larger tensors than glibc's
-#: largest dynamic mmap threshold (32 MiB) are mapped afresh (page faults) on every call and
-#: leave the caches: split, the same work ran 1.1-1.8x faster (EfficientNet-B0 at one thread,
-#: 32 images at 224 px: 1.40 s -> 0.76 s; docs/performance.md). Smaller batches are not split:
-#: every call re-reads the weights, which made AlexNet's fully connected head 20 % slower.
+#: A batch whose largest activation exceeds this many bytes per thread is split into calls
+#: (of at most :data:`CALL_BYTES` per thread each) when the engine computes it in full. Larger
+#: tensors than glibc's largest dynamic mmap threshold (32 MiB) are mapped afresh (page faults)
+#: on every call and leave the caches: split, the same work ran up to 1.8x faster (EfficientNet-B0
+#: at one thread, 32 images at 224 px: 1.40 s -> 0.76 s; docs/performance.md). Smaller batches
+#: are not split: every call re-reads the weights (AlexNet's fully connected head: 20 % slower).
+#: Per thread, because at two threads small calls of mobile networks' cheap ops used the second
+#: core poorly (ShuffleNet-v2, GhostNet: 5-20 % slower in calls of 8 images); measured at 1 and
+#: 2 threads only.
 SPLIT_FROM = 32 * 2**20
-#: The largest activation one call of a split batch may produce.
+#: The largest activation one call of a split batch may produce, per thread.
 CALL_BYTES = 16 * 2**20
 
 
@@ -66,9 +70,10 @@ class Plan:
             return copies
         peak = self.peak_bytes[start] if start < len(self.peak_bytes) else 0
         per_copy = max(peak * self.examples, 1)
-        if per_copy * copies <= SPLIT_FROM:
+        threads = torch.get_num_threads()
+        if per_copy * copies <= SPLIT_FROM * threads:
             return copies
-        return max(1, min(copies, CALL_BYTES // per_copy))
+        return max(1, min(copies, CALL_BYTES * threads // per_copy))
 
     def reference_output(self) -> Any:
         """The unperturbed call's result, from the recorded values."""
