@@ -4,20 +4,20 @@ Both costs are in multiply-accumulate equivalents of one large batched convoluti
 on the call's first perturbed batch before it runs (:mod:`~deconvnet_attr.incremental.dry`; the
 batch's size is the call's ``perturbations_per_eval * N``), at torch's current thread count:
 
-* full recomputation costs the convolutions' MACs of the whole batch (``conv_macs_full``) plus
-  ``PER_OUTPUT`` for every output element its ops write (``elements_full``): batch norms,
-  activations, additions and depthwise convolutions are memory-bound, and on mobile networks they
-  cost more than the MACs;
-* the incremental plan costs its rectangles' MACs times ``EFFICIENCY``, ``PER_ELEMENT`` for every
-  element its gathers and pastes move, ``PER_OP`` for every op run on a rectangle (Python,
-  dispatch and index arithmetic) and ``PER_OUTPUT`` for every output element it writes.
+* full recomputation (the engine's: in calls of ``Plan.copies_per_call`` copies) costs the
+  convolutions' MACs of the whole batch (``conv_macs_full``) plus ``per_output_full`` for every
+  output element its ops write (``elements_full``): batch norms, activations, additions and
+  depthwise convolutions are memory-bound, and on mobile networks they cost more than the MACs;
+* the incremental plan costs its rectangles' MACs times ``efficiency``, ``per_element`` for every
+  element its gathers and pastes move, ``per_op`` for every op run on a rectangle (Python,
+  dispatch and index arithmetic) and ``per_output`` for every output element it writes.
 
 The constants (:func:`constants`) were fitted by least squares to one measured perturbed batch of
-40 torchvision / timm CNNs at 1 and 2 threads (``benchmarks/cost_fit.py``, 224 px, 3x16x16
-window, 32 windows a batch; docs/performance.md); beyond 2 threads they are extrapolated
-linearly. The fit's per-model error is about 15 %, so the plan is chosen only when estimated at
-least ``MARGIN`` faster: a wrong "incremental" costs more than a wrong "full", whose loss is the
-saving only.
+41 torchvision / timm CNNs at 1 and 2 threads (``benchmarks/cost_fit.py``, 224 px, 3x16x16
+window, 32 windows a batch; docs/performance.md, docs/cost_fit.csv); beyond 2 threads they are
+extrapolated linearly. The fit's mean per-model error is 12 % (1 thread) / 15 % (2 threads), so
+the plan is chosen only when estimated at least ``MARGIN`` faster: on the fitted data no model
+measured slower incremental is then sent to the plan.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from deconvnet_attr.incremental.executor import RunStats
 __all__ = ["Constants", "Estimate", "constants", "estimate"]
 
 #: Required margin: incremental is chosen when it is estimated this much faster.
-MARGIN = 1.3
+MARGIN = 1.2
 #: Below this full-recomputation cost per batch (MAC equivalents, about 0.1 s of one core)
 #: either path is quick and the incremental plan is kept without a verdict.
 DECIDED_FROM = 4.0e9
@@ -43,18 +43,21 @@ class Constants:
     efficiency: float  # per rectangle MAC
     per_element: float  # per element a gather or paste moves
     per_op: float  # per op run on a rectangle
-    per_output: float  # per output element written (either path)
+    per_output: float  # per output element the incremental plan writes
+    per_output_full: float  # per output element full recomputation writes
 
 
 def constants(threads: int) -> Constants:
-    """Fitted at 1 thread (0.82, 14, 1.45e7, 28) and 2 threads (0.79, 24, 2.0e7, 33): each
-    rectangle op's fixed cost gains less from a second core than a large convolution does."""
+    """Fitted at 1 thread (1.07, 13.2, 4.09e7, 54.3, 46.4) and 2 threads (1.07, 12.7, 5.94e7,
+    69.1, 59.9): each rectangle op's fixed cost gains less from a second core than a large
+    convolution does."""
     extra = max(threads, 1) - 1
     return Constants(
-        efficiency=0.8,
-        per_element=14.0 + 9.6 * extra,
-        per_op=1.45e7 * (1 + 0.38 * extra),
-        per_output=28.0 + 5.3 * extra,
+        efficiency=1.07,
+        per_element=max(13.2 - 0.5 * extra, 0.0),
+        per_op=4.09e7 * (1 + 0.45 * extra),
+        per_output=54.3 + 14.8 * extra,
+        per_output_full=46.4 + 13.5 * extra,
     )
 
 
@@ -98,5 +101,5 @@ def estimate(first_batch: RunStats, threads: int) -> Estimate:
         + c.per_op * first_batch.rect_ops
         + c.per_output * first_batch.elements
     )
-    full = first_batch.conv_macs_full + c.per_output * first_batch.elements_full
+    full = first_batch.conv_macs_full + c.per_output_full * first_batch.elements_full
     return Estimate(incremental, float(full), threads)

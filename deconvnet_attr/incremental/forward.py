@@ -122,7 +122,8 @@ class IncrementalForward:
 
         The dry count is taken at ``full_fraction`` and at the smaller :data:`FRACTIONS`: a
         rectangle covering most of its map costs its gathers on top of nearly the full op, so
-        the fraction with the cheapest estimate is kept for the rest of the call.
+        the fraction with the cheapest estimate is kept for the rest of the call (a batch too
+        small for a verdict keeps ``full_fraction``).
         """
         assert self.plan is not None
         threads = torch.get_num_threads()
@@ -134,6 +135,9 @@ class IncrementalForward:
                 logger.debug("no dry count (%s: %s)", type(error).__name__, error)
                 return True
             guess = estimate(counted, threads)
+            if not guess.decided:  # too small a batch to matter: the default, no verdict
+                self.estimate = guess
+                return True
             if best is None or guess.incremental < best[0].incremental:
                 best = (guess, counted, fraction)
         assert best is not None
