@@ -126,9 +126,9 @@ class _Batches:
             x = self.inputs[window.index]
             n = x.shape[0]
             fill = self.fills[window.index]
-            where = (slice(j * n, (j + 1) * n), *window.slices)
+            where = (slice(j * n, (j + 1) * n),) + window.slices
             out[window.index][where] = (
-                fill[(slice(None), *window.slices)] if isinstance(fill, Tensor) else fill
+                fill[(slice(None),) + window.slices] if isinstance(fill, Tensor) else fill
             )
         return out
 
@@ -197,7 +197,7 @@ def sweep(
         ]
         coverage = [torch.zeros((1, *x.shape[1:]), device=x.device) for x in inputs]
         for window in windows:
-            coverage[window.index][(slice(None), *window.slices)] += 1
+            coverage[window.index][(slice(None),) + window.slices] += 1
         for chunk in chunks:
             k = len(chunk)
             args = _expand_additional_forward_args(extra, k) if extra is not None else None
@@ -219,7 +219,7 @@ def sweep(
             diff = flat_initial - modified.reshape(-1, n_outputs)
             for j, window in enumerate(chunk):
                 total = totals[window.index]
-                total[(slice(None), *window.slices)] += (
+                total[(slice(None),) + window.slices] += (
                     diff[j].to(total.device).view(-1, *([1] * (total.dim() - 1)))
                 )
             progress.update()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar, cast
 
 import torch
@@ -25,6 +26,7 @@ from deconvnet_attr.incremental.patches import (
     Patch,
     Rect,
     changed_rect,
+    concat,
     gather,
     paste,
     place,
@@ -117,18 +119,14 @@ class Executor:
             sub = {n: v[rows] if n in net.depends else v for n, v in env.items()}
             for node in rest:
                 if node.op == "output":
-                    parts.append(
-                        map_arg(node.args[0], lambda n, e=sub, c=part: self._full(n, e, c))
-                    )
+                    parts.append(map_arg(node.args[0], partial(self._full, env=sub, copies=part)))
                     break
                 sub[node] = (
                     net.values[node] if node not in net.depends else self._step(node, sub, part)
                 )
                 for used in self.plan.release.get(node, ()):
                     del sub[used]
-        if isinstance(parts[0], Tensor):
-            return torch.cat(parts)
-        return type(parts[0])(torch.cat(p) for p in zip(*parts, strict=True))
+        return concat(parts)
 
     def _count(self, node: Node, samples: int, done: tuple[int, int] = (1, 1)) -> None:
         """Count ``node``'s full cost for ``samples`` and the part ``done[0] / done[1]`` of it

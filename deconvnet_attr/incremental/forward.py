@@ -13,7 +13,7 @@ from deconvnet_attr.geometry import TracedNet
 from deconvnet_attr.incremental.cost import Estimate, estimate
 from deconvnet_attr.incremental.dry import dry_run
 from deconvnet_attr.incremental.executor import Executor, RunStats
-from deconvnet_attr.incremental.patches import Patch
+from deconvnet_attr.incremental.patches import Patch, concat
 from deconvnet_attr.incremental.plan import Ineligible, Plan, make_plan
 
 logger = logging.getLogger("deconvnet_attr.occlusion")
@@ -112,9 +112,7 @@ class IncrementalForward:
             self.fn(*(a[i : i + step] if isinstance(a, torch.Tensor) else a for a in whole))
             for i in range(0, batch, step)
         ]
-        if isinstance(parts[0], torch.Tensor):
-            return torch.cat(parts)
-        return type(parts[0])(torch.cat(p) for p in zip(*parts, strict=True))
+        return concat(parts)
 
     def _choose(self, args: tuple, copies: int) -> bool:
         """The cost model's verdict on the first perturbed batch, before any of it runs: True to

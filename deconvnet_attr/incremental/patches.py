@@ -157,6 +157,14 @@ def paste(ref: Tensor, patch: Patch, copies: int) -> Tensor:
     return out
 
 
+def concat(parts: list[Any]) -> Any:
+    """The outputs of calls on consecutive slices of one batch, joined along the batch: tensors,
+    or tuples / lists of them."""
+    if isinstance(parts[0], Tensor):
+        return torch.cat(parts)
+    return type(parts[0])(torch.cat(list(p)) for p in zip(*parts, strict=True))
+
+
 def bounds(changed: Tensor) -> tuple[Tensor, Tensor]:
     """First and last True index along the last dim of ``changed`` (B, L); (0, -1) if none."""
     length = changed.shape[-1]
