@@ -160,8 +160,9 @@ class Occlusion(CaptumOcclusion):
         forward = self.forward_func if engine is None else engine
         is_tuple = _is_tuple(inputs)
         formatted, formatted_baselines = _format_input_baseline(inputs, baselines)
+        captum_loop = fast_reason(formatted, formatted_baselines)
         with preserved_forward_state(self.forward_func):
-            if fast_reason(formatted, formatted_baselines) is None:
+            if captum_loop is None:
                 windows = occlusion_windows(formatted, sliding_window_shapes, strides)
                 result = _format_output(
                     is_tuple,
@@ -177,6 +178,7 @@ class Occlusion(CaptumOcclusion):
                     ),
                 )
             else:  # Captum's own loop (its dtype promotion), the engine standing in for the model
+                logger.debug("Captum's perturbation loop: %s", captum_loop)
                 result = CaptumOcclusion(TargetChecked(forward, target)).attribute(
                     inputs,
                     sliding_window_shapes,
