@@ -101,6 +101,12 @@ def _fill(x: Tensor, baseline: Any) -> Tensor | float | int:
     return baseline.expand(x.shape) if isinstance(baseline, Tensor) else baseline
 
 
+def _occluder(fill: Tensor | float | int, slices: tuple[slice, ...]) -> Tensor | float | int:
+    """What a window at ``slices`` (non-batch dims) is filled with: the baseline's values there,
+    or the baseline number."""
+    return fill[(slice(None),) + slices] if isinstance(fill, Tensor) else fill
+
+
 def _as_tensor(output: object) -> Tensor:
     """The forward output as a tensor (numbers as Captum's ``_parse_forward_out`` makes them)."""
     if isinstance(output, Tensor):
@@ -127,9 +133,7 @@ class _Batches:
             n = x.shape[0]
             fill = self.fills[window.index]
             where = (slice(j * n, (j + 1) * n),) + window.slices
-            out[window.index][where] = (
-                fill[(slice(None),) + window.slices] if isinstance(fill, Tensor) else fill
-            )
+            out[window.index][where] = _occluder(fill, window.slices)
         return out
 
     def patch(self, chunk: list[Window], full_fraction: float) -> Patch | None:
@@ -154,7 +158,7 @@ class _Batches:
                 slice(rows.start - t, rows.stop - t),
                 slice(cols.start - lft, cols.stop - lft),
             )
-            data[inside] = fill[:, win.slices[0], rows, cols] if isinstance(fill, Tensor) else fill
+            data[inside] = _occluder(fill, win.slices)
         return Patch(data, top, left)
 
 

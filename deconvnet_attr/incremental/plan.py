@@ -57,16 +57,14 @@ class Plan:
     macs: dict[Node, int]
     #: bytes of one example's largest activation at or after each node (by position)
     peak_bytes: list[int] = field(default_factory=list)
+    #: whether the output is per-example tensors (so a batch can be run in parts and joined)
+    batched_output: bool = False
 
     def copies_per_call(self, copies: int, start: int = 0) -> int:
         """How many of ``copies`` perturbed copies one forward call of ``fn`` (or of its nodes
         from position ``start`` on) should take (:data:`SPLIT_FROM`, :data:`CALL_BYTES`);
         ``copies`` when the output is not per-example tensors."""
-        output = self.reference_output()
-        outputs = output if isinstance(output, list | tuple) else (output,)
-        if not all(
-            isinstance(o, Tensor) and o.dim() >= 1 and o.shape[0] == self.examples for o in outputs
-        ):
+        if not self.batched_output:
             return copies
         peak = self.peak_bytes[start] if start < len(self.peak_bytes) else 0
         per_copy = max(peak * self.examples, 1)
@@ -222,4 +220,10 @@ def make_plan(fn: Callable[..., Any], args: tuple) -> Plan:
             else 0
         )
         peak[at] = max(own, peak[at + 1])
-    return Plan(net, args, examples, dict(net.module.named_modules()), _release(net), macs, peak)
+    plan = Plan(net, args, examples, dict(net.module.named_modules()), _release(net), macs, peak)
+    output = plan.reference_output()
+    plan.batched_output = all(
+        isinstance(o, Tensor) and o.dim() >= 1 and o.shape[0] == examples
+        for o in (output if isinstance(output, list | tuple) else (output,))
+    )
+    return plan
