@@ -2,6 +2,9 @@
 recomputation, receptive fields equal gradient support, global ops make the rest full, the cost
 model's verdict is reported, batches of images share one plan."""
 
+import math
+from dataclasses import replace
+
 import pytest
 import timm.layers
 import torch
@@ -229,15 +232,23 @@ def test_estimate_arithmetic():
         assert e.incremental == pytest.approx(expected)
         assert e.full == pytest.approx(4e9 + c.per_output_full * 1e8)
         assert e.speedup == pytest.approx(e.full / expected) and e.threads == threads
-        assert e.chosen == (e.speedup >= cost.MARGIN)
+        assert e.chosen == (e.speedup >= cost.TRIAL[0])
+        assert e.uncertain == (cost.TRIAL[0] <= e.speedup < cost.TRIAL[1])
     # the fitted constants at 1 and 2 threads, extrapolated linearly
     assert cost.constants(1) == cost.Constants(1.07, 13.2, 4.09e7, 54.3, 46.4)
     two, three = cost.constants(2), cost.constants(3)
     assert two.per_op == pytest.approx(5.93e7, rel=1e-3) and two.per_output == pytest.approx(69.1)
     assert two.per_output_full == pytest.approx(59.9)
     assert three.per_element - two.per_element == pytest.approx(-0.5)
-    slow = estimate(RunStats(conv_macs=4 * 10**9, conv_macs_full=4 * 10**9), 2)
-    assert not slow.chosen and "cost model" in str(slow) and "1.2x" in str(slow)
+    slow = estimate(RunStats(conv_macs=8 * 10**9, conv_macs_full=4 * 10**9), 2)
+    assert not slow.chosen and not slow.uncertain
+    assert "cost model" in str(slow) and "0.6x to 1.6x" in str(slow)
+    close = estimate(RunStats(conv_macs=4 * 10**9, conv_macs_full=4 * 10**9), 2)
+    assert close.uncertain and close.chosen  # the plan runs first, timed
+    for measured, chosen in ((0.8, False), (1.3, True)):
+        settled = replace(close, measured=measured)
+        assert not settled.uncertain and settled.chosen == chosen
+        assert f"measured {measured:.2f}x on one batch each" in str(settled)
     tiny = estimate(RunStats(conv_macs=10**9, conv_macs_full=10**9), 1)
     assert tiny.chosen and not tiny.decided
 
@@ -268,12 +279,60 @@ def test_cost_model_decides_before_the_first_batch(monkeypatch):
     got = occlusion.attribute(x, **kwargs)
     run = occlusion.last_run
     assert runs == [] and run.path == "full" and run.reason == str(run.estimate)
-    assert not run.estimate.chosen and run.estimate.speedup < 1
+    assert not run.estimate.chosen and run.estimate.speedup < cost.TRIAL[0]
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     # the dry count: the stem convolution saves, everything after the GroupNorm is full
     stem, tail = 8 * 3 * 9 * 20 * 20, 8 * 8 * 9 * 18 * 18
     assert run.stats.batches == 1 and run.stats.conv_macs_full == 5 * (stem + tail)
     assert 5 * tail < run.stats.conv_macs < 5 * (stem + tail)
+
+
+@pytest.mark.parametrize("plan_seconds, path", [(5.0, "full"), (0.5, "incremental")])
+def test_uncertain_estimate_is_measured(monkeypatch, plan_seconds, path):
+    """An estimate within ``cost.TRIAL``: the first batch runs the plan, the second full
+    recomputation, each timed (here a fake clock: the plan's batch takes ``plan_seconds``, a
+    full one 1 s), and the faster runs every later batch. The result equals Captum's."""
+    from deconvnet_attr.incremental import cost, forward
+
+    monkeypatch.setattr(cost, "DECIDED_FROM", 0.0)
+    monkeypatch.setattr(cost, "TRIAL", (0.0, math.inf))
+    clock, calls = [0.0], []
+    monkeypatch.setattr(forward.time, "perf_counter", lambda: clock[0])
+    real_execute, real_plain = (
+        forward.IncrementalForward._execute,
+        forward.IncrementalForward._plain,
+    )
+
+    def execute(self, *a):
+        calls.append("plan")
+        clock[0] += plan_seconds
+        return real_execute(self, *a)
+
+    def plain(self, *a):
+        calls.append("full")
+        clock[0] += 1.0
+        return real_plain(self, *a)
+
+    monkeypatch.setattr(forward.IncrementalForward, "_execute", execute)
+    monkeypatch.setattr(forward.IncrementalForward, "_plain", plain)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.Flatten()).eval()
+    x = torch.rand(1, 3, 12, 12)
+    kwargs = dict(sliding_window_shapes=(3, 2, 2), strides=2, target=5, perturbations_per_eval=4)
+    expected = CaptumOcclusion(model).attribute(x, **kwargs)
+    occlusion = Occlusion(model)
+    got = occlusion.attribute(x, **kwargs)
+    torch.testing.assert_close(got, expected)
+    run, batches = occlusion.last_run, math.ceil(36 / 4)
+    assert calls[:2] == ["plan", "full"] and calls[2:] == [
+        "plan" if path == "incremental" else "full"
+    ] * (batches - 2)
+    assert run.path == path and run.estimate.measured == pytest.approx(1.0 / plan_seconds)
+    if path == "full":
+        assert run.reason == str(run.estimate) and "measured 0.20x" in run.reason
+        assert run.stats.batches == 1
+    else:
+        assert run.reason is None and run.stats.batches == batches - 1
 
 
 @pytest.mark.parametrize(

@@ -98,10 +98,11 @@ class Executor:
 
     def _tail_copies(self, env: dict[Node, Any], copies: int, start: int) -> int:
         """Copies per call for the nodes from ``start`` on, if every live batch value is a
-        whole batch by then (nothing left to do on rectangles), else ``copies``."""
+        whole batch by then (nothing left to do on rectangles), else ``copies``. Live meta
+        values do not count: a full op recomputes them from the maps they read."""
         batch = copies * self.plan.examples
         for node, value in env.items():
-            if node in self.net.depends and not (
+            if self._sliced(node) and not (
                 isinstance(value, Tensor) and value.dim() >= 1 and value.shape[0] == batch
             ):
                 return copies
@@ -116,7 +117,7 @@ class Executor:
         for first in range(0, copies, per_call):
             part = min(per_call, copies - first)
             rows = slice(first * examples, (first + part) * examples)
-            sub = {n: v[rows] if n in net.depends else v for n, v in env.items()}
+            sub = {n: v[rows] if self._sliced(n) else v for n, v in env.items()}
             for node in rest:
                 if node.op == "output":
                     parts.append(map_arg(node.args[0], partial(self._full, env=sub, copies=part)))
@@ -127,6 +128,10 @@ class Executor:
                 for used in self.plan.release.get(node, ()):
                     del sub[used]
         return concat(parts)
+
+    def _sliced(self, node: Node) -> bool:
+        """Whether ``node``'s value is a batch that the tail's calls take in parts."""
+        return node in self.net.depends and self.net.specs[node].kind != "meta"
 
     def _count(self, node: Node, samples: int, done: tuple[int, int] = (1, 1)) -> None:
         """Count ``node``'s full cost for ``samples`` and the part ``done[0] / done[1]`` of it

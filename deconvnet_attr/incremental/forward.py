@@ -4,7 +4,9 @@ the plan on later ones, falling back to ``fn`` whenever the plan does not apply.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -40,7 +42,10 @@ class IncrementalForward:
     (:func:`~deconvnet_attr.incremental.cost.estimate`, at torch's current thread count): when
     full recomputation is estimated faster, that batch and all later ones go to ``fn`` --
     Captum's own batched passes -- ``reason`` says so and ``stats`` hold the dry count;
-    ``estimate`` holds the verdict.
+    ``estimate`` holds the verdict. An estimate within the model's error
+    (:data:`~deconvnet_attr.incremental.cost.TRIAL`) is settled by measurement: that batch runs
+    the plan and the next one full recomputation, each timed, and the faster per copy takes the
+    rest (``estimate.measured``; ``stats`` then count the one incremental batch).
 
     A caller that knows where each sample changed (``deconvnet_attr.sweep``) may pass a 4-D input
     as a :class:`~deconvnet_attr.incremental.patches.Patch` over the reference instead of the
@@ -57,6 +62,7 @@ class IncrementalForward:
         self.reason: str | None = None
         self.stats = RunStats()
         self.estimate: Estimate | None = None
+        self._plan_seconds: float | None = None  # per copy, while the estimate is uncertain
 
     @property
     def net(self) -> TracedNet | None:
@@ -79,6 +85,31 @@ class IncrementalForward:
         copies = batch // self.plan.examples
         if self.cost_model and self.estimate is None and not self._choose(args, copies):
             return self._plain(args)
+        if self.estimate is not None and self.estimate.uncertain:
+            return self._trial(args, copies)
+        return self._execute(args, copies)
+
+    def _trial(self, args: tuple, copies: int) -> Any:
+        """One timed batch on each path while the estimate is uncertain: the plan first, then
+        full recomputation; the faster per copy (``estimate.measured``) runs the rest."""
+        assert self.estimate is not None
+        start = time.perf_counter()
+        if self._plan_seconds is None:
+            result = self._execute(args, copies)
+            if self.reason is None:  # the plan ran (a failure fell back to fn for good)
+                self._plan_seconds = (time.perf_counter() - start) / copies
+            return result
+        result = self._plain(args)
+        full_seconds = (time.perf_counter() - start) / copies
+        self.estimate = replace(self.estimate, measured=full_seconds / self._plan_seconds)
+        if not self.estimate.chosen:
+            self.reason = str(self.estimate)
+        logger.debug("%s", self.estimate)
+        return result
+
+    def _execute(self, args: tuple, copies: int) -> Any:
+        """The plan on one perturbed batch; ``fn`` from here on if an op surprises it."""
+        assert self.plan is not None
         try:
             with torch.no_grad():
                 executor = Executor(self.plan, self.stats, self.full_fraction)

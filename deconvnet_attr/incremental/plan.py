@@ -170,18 +170,25 @@ def aliasing_hazard(net: TracedNet) -> str | None:
 
 
 def _release(net: TracedNet) -> dict[Node, list[Node]]:
-    """For each node, the batch-dependent values it is the last reader of."""
-    last_use: dict[Node, Node] = {}
-    for node in net.nodes:
-        for used in node.all_input_nodes:
-            last_use[used] = node
-    # a meta value (x.shape) is recomputed from the whole maps when a full op reads it: keep
-    # the maps it reads
-    kept = {a for n in net.nodes if net.specs[n].kind == "meta" for a in n.all_input_nodes}
+    """For each node, the batch-dependent values it is the last to need.
+
+    A meta value (``x.shape``) is recomputed from the whole maps it reads when a full op reads
+    it, so those maps are needed until the meta value's own last reader; a value nothing reads
+    is released at once.
+    """
+    position = {node: i for i, node in enumerate(net.nodes)}
+    last: dict[Node, Node] = {}
+    for node in reversed(net.nodes):
+        end = node
+        for user in node.users:
+            needs = last[user] if net.specs[user].kind == "meta" else user
+            if position[needs] > position[end]:
+                end = needs
+        last[node] = end
     release: dict[Node, list[Node]] = {}
-    for used, user in last_use.items():
-        if used in net.depends and used not in kept:
-            release.setdefault(user, []).append(used)
+    for node, end in last.items():
+        if node in net.depends:
+            release.setdefault(end, []).append(node)
     return release
 
 
