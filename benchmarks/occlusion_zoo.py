@@ -4,7 +4,8 @@ For each torchvision / timm CNN (random weights, eval mode), one 3x224x224 image
 3x16x16 grey window, stride 8 (16 for the largest models; ``--stride`` overrides both),
 ``perturbations_per_eval=32``, at each thread count of ``--threads``: the path the cost model
 chose, the plan's theoretical saving (convolution MACs of full recomputation / of the plan),
-the cost model's estimate, the speed-up in CPU seconds of this process and in wall seconds
+the cost model's estimate (and in brackets the ratio it measured where the estimate was
+uncertain), the speed-up in CPU seconds of this process and in wall seconds
 (Captum's time / ours, same process, same input, Captum first), and max |difference| / max
 |attribution|. ``--fp64`` adds both results' distance to a float64 Captum run.
 
@@ -39,6 +40,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this checkout's package and t
 from test_deconv import TIMM, TORCHVISION, build  # noqa: E402
 
 from deconvnet_attr import Occlusion  # noqa: E402
+from deconvnet_attr.incremental.cost import Estimate  # noqa: E402
 
 #: The deconvnet zoo (tests/test_deconv.py) and the others the occlusion issue names.
 OTHERS = [
@@ -116,7 +118,7 @@ def row(spec: str, threads: int, stride: int | None, fp64: bool) -> tuple[str, f
     line = (
         f"| {spec} | {threads} | {kwargs['strides'][1]} | {run.path} | "
         f"{run.stats.theoretical_speedup:.2f} | "
-        f"{run.estimate.speedup if run.estimate else math.nan:.2f} | {cpu_c / cpu_o:.2f} | "
+        f"{_estimate(run.estimate)} | {cpu_c / cpu_o:.2f} | "
         f"{wall_c / wall_o:.2f} | {diff:.1e} |"
     )
     if fp64:
@@ -127,6 +129,13 @@ def row(spec: str, threads: int, stride: int | None, fp64: bool) -> tuple[str, f
         )
     reason = (run.reason or "").replace("|", "/")
     return line + f" {reason[:80]} |", cpu_c / cpu_o, wall_c / wall_o
+
+
+def _estimate(guess: Estimate | None) -> str:
+    """The cost model's estimate, and the measured ratio where it measured."""
+    if guess is None:
+        return "nan"
+    return f"{guess.speedup:.2f}" + (f" ({guess.measured:.2f})" if guess.measured else "")
 
 
 def geometric_mean(values: list[float]) -> float:

@@ -156,14 +156,19 @@ class Occlusion(CaptumOcclusion):
         if baselines is not None:
             check_baselines(inputs, baselines)
         fn, why_not = _engine_target(self.forward_func)
-        engine = IncrementalForward(fn) if fn is not None else None
-        forward = self.forward_func if engine is None else engine
         is_tuple = _is_tuple(inputs)
         formatted, formatted_baselines = _format_input_baseline(inputs, baselines)
         captum_loop = fast_reason(formatted, formatted_baselines)
+        windows = (
+            occlusion_windows(formatted, sliding_window_shapes, strides)
+            if captum_loop is None
+            else []
+        )
+        batches = -(-len(windows) // perturbations_per_eval) if windows else None
+        engine = IncrementalForward(fn, batches=batches) if fn is not None else None
+        forward = self.forward_func if engine is None else engine
         with preserved_forward_state(self.forward_func):
             if captum_loop is None:
-                windows = occlusion_windows(formatted, sliding_window_shapes, strides)
                 result = _format_output(
                     is_tuple,
                     sweep(

@@ -232,23 +232,26 @@ def test_estimate_arithmetic():
         assert e.incremental == pytest.approx(expected)
         assert e.full == pytest.approx(4e9 + c.per_output_full * 1e8)
         assert e.speedup == pytest.approx(e.full / expected) and e.threads == threads
-        assert e.chosen == (e.speedup >= cost.TRIAL[0])
-        assert e.uncertain == (cost.TRIAL[0] <= e.speedup < cost.TRIAL[1])
+        assert e.chosen == (e.speedup >= cost.MARGIN) and not e.uncertain
     # the fitted constants at 1 and 2 threads, extrapolated linearly
     assert cost.constants(1) == cost.Constants(1.07, 13.2, 4.09e7, 54.3, 46.4)
     two, three = cost.constants(2), cost.constants(3)
     assert two.per_op == pytest.approx(5.93e7, rel=1e-3) and two.per_output == pytest.approx(69.1)
     assert two.per_output_full == pytest.approx(59.9)
     assert three.per_element - two.per_element == pytest.approx(-0.5)
-    slow = estimate(RunStats(conv_macs=8 * 10**9, conv_macs_full=4 * 10**9), 2)
-    assert not slow.chosen and not slow.uncertain
-    assert "cost model" in str(slow) and "0.6x to 1.6x" in str(slow)
-    close = estimate(RunStats(conv_macs=4 * 10**9, conv_macs_full=4 * 10**9), 2)
-    assert close.uncertain and close.chosen  # the plan runs first, timed
+    even = RunStats(conv_macs=4 * 10**9, conv_macs_full=4 * 10**9)
+    slow = estimate(even, 2)
+    assert not slow.chosen and "cost model" in str(slow) and "(chosen from 1.2x)" in str(slow)
+    # a call of TRIAL_BATCHES batches measures an estimate within TRIAL, running the plan first
+    assert estimate(even, 2, cost.TRIAL_BATCHES - 1) == slow
+    close = estimate(even, 2, cost.TRIAL_BATCHES)
+    assert close.uncertain and close.chosen and "measured from 0.6x to 1.6x" in str(close)
     for measured, chosen in ((0.8, False), (1.3, True)):
         settled = replace(close, measured=measured)
         assert not settled.uncertain and settled.chosen == chosen
         assert f"measured {measured:.2f}x on one batch each" in str(settled)
+    hopeless = estimate(RunStats(conv_macs=8 * 10**9, conv_macs_full=4 * 10**9), 1, 100)
+    assert not hopeless.uncertain and not hopeless.chosen
     tiny = estimate(RunStats(conv_macs=10**9, conv_macs_full=10**9), 1)
     assert tiny.chosen and not tiny.decided
 
@@ -279,7 +282,7 @@ def test_cost_model_decides_before_the_first_batch(monkeypatch):
     got = occlusion.attribute(x, **kwargs)
     run = occlusion.last_run
     assert runs == [] and run.path == "full" and run.reason == str(run.estimate)
-    assert not run.estimate.chosen and run.estimate.speedup < cost.TRIAL[0]
+    assert not run.estimate.chosen and run.estimate.speedup < 1
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     # the dry count: the stem convolution saves, everything after the GroupNorm is full
     stem, tail = 8 * 3 * 9 * 20 * 20, 8 * 8 * 9 * 18 * 18
@@ -296,6 +299,7 @@ def test_uncertain_estimate_is_measured(monkeypatch, plan_seconds, path):
 
     monkeypatch.setattr(cost, "DECIDED_FROM", 0.0)
     monkeypatch.setattr(cost, "TRIAL", (0.0, math.inf))
+    monkeypatch.setattr(cost, "TRIAL_BATCHES", 9)
     clock, calls = [0.0], []
     monkeypatch.setattr(forward.time, "perf_counter", lambda: clock[0])
     real_execute, real_plain = (

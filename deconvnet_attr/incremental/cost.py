@@ -17,8 +17,10 @@ The constants (:func:`constants`) were fitted by least squares to one measured p
 window, 32 windows a batch; docs/performance.md, docs/cost_fit.csv); beyond 2 threads they are
 extrapolated linearly. The fit's mean per-model error is 12 % (1 thread) / 15 % (2 threads), but
 single models are off by up to 2x (ShuffleNet-v2's plan estimated 0.94x, measured 1.55x): an
-estimate within :data:`TRIAL` is no verdict, the call measures instead (one perturbed batch on
-each path, :class:`~deconvnet_attr.incremental.forward.IncrementalForward`).
+estimate within :data:`TRIAL` is no verdict: a call of at least :data:`TRIAL_BATCHES` batches
+measures instead (one perturbed batch on each path,
+:class:`~deconvnet_attr.incremental.forward.IncrementalForward`); a shorter one takes the plan
+when it is estimated at least :data:`MARGIN` faster.
 """
 
 from __future__ import annotations
@@ -30,8 +32,13 @@ from deconvnet_attr.incremental.executor import RunStats
 __all__ = ["Constants", "Estimate", "constants", "estimate"]
 
 #: Estimates from ``TRIAL[0]`` up to ``TRIAL[1]`` are within the model's error on its fit data:
-#: measured instead. Below, full recomputation is taken; above, the incremental plan.
+#: measured instead when the call has enough batches.
 TRIAL = (0.6, 1.6)
+#: A measurement runs one batch on the slower path (up to 2x slower where the model erred):
+#: from this many batches on that costs at most 5 %.
+TRIAL_BATCHES = 20
+#: Without a measurement, incremental is chosen when it is estimated this much faster.
+MARGIN = 1.2
 #: Below this full-recomputation cost per batch (MAC equivalents, about 0.1 s of one core)
 #: either path is quick and the incremental plan is kept without a verdict.
 DECIDED_FROM = 4.0e9
@@ -74,6 +81,8 @@ class Estimate:
     incremental: float
     full: float
     threads: int
+    #: whether the call is long enough to settle an uncertain estimate by measurement
+    trial: bool = False
     measured: float | None = None
 
     @property
@@ -88,28 +97,35 @@ class Estimate:
     @property
     def uncertain(self) -> bool:
         """True while a decided estimate within :data:`TRIAL` waits for its measurement."""
-        return self.decided and self.measured is None and TRIAL[0] <= self.speedup < TRIAL[1]
+        return (
+            self.trial
+            and self.decided
+            and self.measured is None
+            and TRIAL[0] <= self.speedup < TRIAL[1]
+        )
 
     @property
     def chosen(self) -> bool:
         """Whether the incremental plan runs (first, while :attr:`uncertain`)."""
         if self.measured is not None:
             return self.measured >= 1.0
-        return not self.decided or self.speedup >= TRIAL[0]
+        return self.uncertain or not self.decided or self.speedup >= MARGIN
 
     def __str__(self) -> str:
         threads = f"{self.threads} thread{'s' if self.threads > 1 else ''}"
+        band = f"measured from {TRIAL[0]:.1f}x to {TRIAL[1]:.1f}x, else " if self.trial else ""
         text = (
             f"cost model: incremental estimated {self.speedup:.2f}x full recomputation at "
-            f"{threads} (measured from {TRIAL[0]:.1f}x to {TRIAL[1]:.1f}x)"
+            f"{threads} ({band}chosen from {MARGIN:.1f}x)"
         )
         if self.measured is not None:
             text += f"; measured {self.measured:.2f}x on one batch each"
         return text
 
 
-def estimate(first_batch: RunStats, threads: int) -> Estimate:
-    """The estimate from the work counted (dry or run) on one perturbed batch (``first_batch``)."""
+def estimate(first_batch: RunStats, threads: int, batches: int | None = None) -> Estimate:
+    """The estimate from the work counted (dry or run) on one perturbed batch (``first_batch``)
+    of a call of ``batches`` batches (``None``: unknown)."""
     c = constants(threads)
     incremental = (
         c.efficiency * first_batch.conv_macs
@@ -118,4 +134,5 @@ def estimate(first_batch: RunStats, threads: int) -> Estimate:
         + c.per_output * first_batch.elements
     )
     full = first_batch.conv_macs_full + c.per_output_full * first_batch.elements_full
-    return Estimate(incremental, float(full), threads)
+    trial = batches is not None and batches >= TRIAL_BATCHES
+    return Estimate(incremental, float(full), threads, trial)

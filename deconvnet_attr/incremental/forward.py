@@ -42,10 +42,11 @@ class IncrementalForward:
     (:func:`~deconvnet_attr.incremental.cost.estimate`, at torch's current thread count): when
     full recomputation is estimated faster, that batch and all later ones go to ``fn`` --
     Captum's own batched passes -- ``reason`` says so and ``stats`` hold the dry count;
-    ``estimate`` holds the verdict. An estimate within the model's error
-    (:data:`~deconvnet_attr.incremental.cost.TRIAL`) is settled by measurement: that batch runs
-    the plan and the next one full recomputation, each timed, and the faster per copy takes the
-    rest (``estimate.measured``; ``stats`` then count the one incremental batch).
+    ``estimate`` holds the verdict. When the caller says how many perturbed ``batches`` follow
+    (at least :data:`~deconvnet_attr.incremental.cost.TRIAL_BATCHES`), an estimate within the
+    model's error (:data:`~deconvnet_attr.incremental.cost.TRIAL`) is settled by measurement:
+    that batch runs the plan and the next one full recomputation, each timed, and the faster per
+    copy takes the rest (``estimate.measured``; ``stats`` then count the one incremental batch).
 
     A caller that knows where each sample changed (``deconvnet_attr.sweep``) may pass a 4-D input
     as a :class:`~deconvnet_attr.incremental.patches.Patch` over the reference instead of the
@@ -53,9 +54,15 @@ class IncrementalForward:
     """
 
     def __init__(
-        self, fn: Callable[..., Any], *, full_fraction: float = 0.9, cost_model: bool = True
+        self,
+        fn: Callable[..., Any],
+        *,
+        full_fraction: float = 0.9,
+        cost_model: bool = True,
+        batches: int | None = None,
     ) -> None:
         self.fn = fn
+        self.batches = batches
         self.full_fraction = full_fraction
         self.cost_model = cost_model
         self.plan: Plan | None = None
@@ -163,7 +170,7 @@ class IncrementalForward:
             except Exception as error:  # the executor would meet the same surprise: let it run
                 logger.debug("no dry count (%s: %s)", type(error).__name__, error)
                 return True
-            guess = estimate(counted, threads)
+            guess = estimate(counted, threads, self.batches)
             if not guess.decided:  # too small a batch to matter: the default, no verdict
                 self.estimate = guess
                 return True
