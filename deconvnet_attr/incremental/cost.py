@@ -16,9 +16,9 @@ The constants (:func:`constants`) were fitted by least squares to one measured p
 41 torchvision / timm CNNs at 1 and 2 threads (``benchmarks/cost_fit.py``, 224 px, 3x16x16
 window, 32 windows a batch; docs/performance.md, docs/cost_fit.csv); beyond 2 threads they are
 extrapolated linearly. The fit's mean per-model error is 12 % (1 thread) / 15 % (2 threads), but
-single models are off by up to 2x (ShuffleNet-v2's plan estimated 0.94x, measured 1.55x): an
-estimate within :data:`TRIAL` is no verdict: a call of at least :data:`TRIAL_BATCHES` batches
-measures instead (one perturbed batch on each path,
+single models are off by up to 2x (ShuffleNet-v2's plan at one thread: estimated 1.16x, measured
+1.86x): an estimate within :data:`TRIAL` is no verdict. A call of at least :data:`TRIAL_BATCHES`
+batches measures instead (one perturbed batch on each path,
 :class:`~deconvnet_attr.incremental.forward.IncrementalForward`); a shorter one takes the plan
 when it is estimated at least :data:`MARGIN` faster.
 """
