@@ -76,6 +76,7 @@ class Executor:
         self.stats.batches += 1
         env: dict[Node, Any] = {}
         placeholders = iter(range(len(args)))
+        splittable = True  # until everything is whole and the rest is too small to split
         for at, node in enumerate(net.nodes):
             if node.op == "placeholder":
                 i = next(placeholders, None)
@@ -90,22 +91,24 @@ class Executor:
                 env[node] = self._step(node, env, copies)
             for used in self.plan.release.get(node, ()):
                 del env[used]
-            if isinstance(env.get(node), Tensor):
+            if splittable and isinstance(env.get(node), Tensor):
                 per_call = self._tail_copies(env, copies, at + 1)
-                if per_call < copies:
+                if per_call is not None and per_call < copies:
                     return self._tail(at + 1, env, copies, per_call)
+                # whole values stay whole and Plan.peak_bytes only falls from here on
+                splittable = per_call is None
         raise GeometryError("graph without output")  # fx graphs always end in an output node
 
-    def _tail_copies(self, env: dict[Node, Any], copies: int, start: int) -> int:
+    def _tail_copies(self, env: dict[Node, Any], copies: int, start: int) -> int | None:
         """Copies per call for the nodes from ``start`` on, if every live batch value is a
-        whole batch by then (nothing left to do on rectangles), else ``copies``. Live meta
+        whole batch by then (nothing left to do on rectangles), else ``None``. Live meta
         values do not count: a full op recomputes them from the maps they read."""
         batch = copies * self.plan.examples
         for node, value in env.items():
             if self._sliced(node) and not (
                 isinstance(value, Tensor) and value.dim() >= 1 and value.shape[0] == batch
             ):
-                return copies
+                return None
         return self.plan.copies_per_call(copies, start)
 
     def _tail(self, start: int, env: dict[Node, Any], copies: int, per_call: int) -> Any:
