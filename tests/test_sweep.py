@@ -226,3 +226,50 @@ def test_incremental_tail_in_smaller_calls_equals_the_model(monkeypatch):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     assert split.stats.conv_macs == whole.stats.conv_macs  # the same work, counted once
     assert split.stats.elements == whole.stats.elements
+
+
+class _ShapeChecked(nn.Module):
+    """A stem whose output a shape query reads (timm's norm layers ``_assert(x.ndim == 4)``),
+    optionally again in the head (``view(n, -1)`` with ``n = y.size(0)``)."""
+
+    def __init__(self, size_in_head: bool) -> None:
+        super().__init__()
+        self.size_in_head = size_in_head
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.Conv2d(8, 8, 3, padding=1, stride=2)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        torch._assert(y.ndim == 4, "4-D")
+        n = y.size(0) if self.size_in_head else -1
+        z = torch.relu(self.body(torch.relu(y)))
+        return self.head(z.mean((2, 3)).view(n, 8))
+
+
+@pytest.mark.parametrize("size_in_head", [False, True])
+def test_tail_splits_after_shape_queries(monkeypatch, size_in_head):
+    """A map read by a shape query is released after the query's last reader, so the tail
+    still runs in parts (it was kept to the end: no split); a query the head reads keeps its
+    map alive until then, and the split starts after it. Either way the result is the model's."""
+    torch.manual_seed(0)
+    model = _ShapeChecked(size_in_head).eval()
+    x = torch.rand(1, 3, 24, 24)
+    batch = x.repeat(4, 1, 1, 1)
+    batch[:, :, 2:6, 3:7] = 0.0
+    monkeypatch.setattr(plan, "CALL_BYTES", 1)  # one copy a call
+    monkeypatch.setattr(plan, "SPLIT_FROM", 0)
+    tails = []
+    original = Executor._tail
+    monkeypatch.setattr(
+        Executor, "_tail", lambda self, *a: tails.append(a[::3]) or original(self, *a)
+    )
+    engine = IncrementalForward(model, cost_model=False, full_fraction=0.99)
+    with torch.no_grad():
+        engine(x)
+        got = engine(batch)
+        torch.testing.assert_close(got, model(batch), rtol=1e-5, atol=1e-6)
+    assert engine.incremental and engine.stats.conv_macs < engine.stats.conv_macs_full
+    view = next(i for i, n in enumerate(engine.net.nodes) if n.target == "view")
+    assert len(tails) == 1 and tails[0][1] == 1  # (start, copies per call)
+    assert (tails[0][0] > view) == size_in_head
