@@ -30,7 +30,7 @@ from deconvnet_attr.incremental.patches import (
     same_map,
     window_input,
 )
-from deconvnet_attr.incremental.plan import Plan
+from deconvnet_attr.incremental.plan import Plan, per_example
 
 __all__ = ["dry_run"]
 
@@ -91,7 +91,7 @@ class _Dry:
     def _step(self, node: Node, env: dict[Node, Any]) -> Any:
         result = self._evaluate(node, env)
         ref_out, spec = self.net.values[node], self.net.specs[node]
-        if spec.kind in PRODUCING and _batched(ref_out, self.plan.examples):
+        if spec.kind in PRODUCING and per_example(ref_out, self.plan.examples):
             self.stats.elements_full += _numel(ref_out, self.samples)
             if result is FULL:
                 self.stats.elements += _numel(ref_out, self.samples)
@@ -105,7 +105,7 @@ class _Dry:
         net = self.net
         ref_out = net.values[node]
         maps = [a for a in node.all_input_nodes if a in net.depends and net.specs[a].kind != "meta"]
-        batched = _batched(ref_out, self.plan.examples)
+        batched = per_example(ref_out, self.plan.examples)
         if batched and all(env[a] is UNCHANGED for a in maps):
             if isinstance(ref_out, Tensor):
                 self._count(node, (0, 1))
@@ -209,12 +209,6 @@ class _Dry:
         self.stats.moved += 2 * self.samples * rect.h * rect.w * depth
         self.stats.rect_ops += 1
         return rect
-
-
-def _batched(ref: Any, examples: int) -> bool:
-    if isinstance(ref, list | tuple):
-        return bool(ref) and all(_batched(r, examples) for r in ref)
-    return isinstance(ref, Tensor) and ref.dim() >= 1 and ref.shape[0] == examples
 
 
 def dry_run(plan: Plan, args: tuple, copies: int, full_fraction: float) -> RunStats:

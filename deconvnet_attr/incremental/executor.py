@@ -33,7 +33,7 @@ from deconvnet_attr.incremental.patches import (
     same_map,
     window_input,
 )
-from deconvnet_attr.incremental.plan import Plan
+from deconvnet_attr.incremental.plan import Plan, per_example
 
 
 @dataclass
@@ -105,9 +105,7 @@ class Executor:
         values do not count: a full op recomputes them from the maps they read."""
         batch = copies * self.plan.examples
         for node, value in env.items():
-            if self._sliced(node) and not (
-                isinstance(value, Tensor) and value.dim() >= 1 and value.shape[0] == batch
-            ):
+            if self._sliced(node) and not (isinstance(value, Tensor) and per_example(value, batch)):
                 return None
         return self.plan.copies_per_call(copies, start)
 
@@ -157,7 +155,7 @@ class Executor:
     def _step(self, node: Node, env: dict[Node, Any], copies: int) -> Any:
         result = self._evaluate(node, env, copies)
         ref_out = self.net.values[node]
-        if self.net.specs[node].kind in PRODUCING and self._batched(ref_out):
+        if self.net.specs[node].kind in PRODUCING and per_example(ref_out, self.plan.examples):
             self.stats.elements_full += _numel(ref_out) * copies
             if isinstance(result, Patch):
                 self.stats.elements += result.data.numel()
@@ -173,7 +171,7 @@ class Executor:
         ref_out = net.values[node]
         inputs = [a for a in node.all_input_nodes if a in net.depends]
         maps = [a for a in inputs if net.specs[a].kind != "meta"]
-        batched = self._batched(ref_out)
+        batched = per_example(ref_out, self.plan.examples)
         if batched and all(env[a] is UNCHANGED for a in maps):
             if isinstance(ref_out, Tensor):
                 self._count(node, ref_out.shape[0] * copies, (0, 1))
@@ -189,12 +187,6 @@ class Executor:
             if result is not None:
                 return result
         return self._run_op(node, env, copies)
-
-    def _batched(self, ref: Any) -> bool:
-        """True for a per-example tensor (N, ...), or a tuple / list of them."""
-        if isinstance(ref, list | tuple):
-            return bool(ref) and all(self._batched(r) for r in ref)
-        return isinstance(ref, Tensor) and ref.dim() >= 1 and ref.shape[0] == self.plan.examples
 
     def _meta(self, node: Node, env: dict[Node, Any]) -> Any:
         """A layout value (``x.shape``, ``x.size(1) // 2``) of the rectangles it is read from."""

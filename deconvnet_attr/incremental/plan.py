@@ -35,6 +35,13 @@ SPLIT_FROM = 32 * 2**20
 CALL_BYTES = 16 * 2**20
 
 
+def per_example(value: Any, examples: int) -> bool:
+    """True for a tensor with ``examples`` rows (a batch value), or a tuple / list of them."""
+    if isinstance(value, list | tuple):
+        return bool(value) and all(per_example(v, examples) for v in value)
+    return isinstance(value, Tensor) and value.dim() >= 1 and value.shape[0] == examples
+
+
 class Ineligible(Exception):
     """``fn`` cannot be evaluated incrementally; the message says why."""
 
@@ -223,7 +230,7 @@ def make_plan(fn: Callable[..., Any], args: tuple) -> Plan:
         value = net.values.get(nodes[at])
         own = (
             value.numel() * value.element_size() // examples
-            if isinstance(value, Tensor) and value.dim() >= 1 and value.shape[0] == examples
+            if isinstance(value, Tensor) and per_example(value, examples)
             else 0
         )
         peak[at] = max(own, peak[at + 1])
