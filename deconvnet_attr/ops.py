@@ -281,6 +281,24 @@ def registered_module(module: nn.Module) -> bool:
     return type(module) in _TABLE
 
 
+def any_layout(op: Any) -> bool:
+    """True for ops that compute the same values on tensors of any memory layout (channels-last
+    maps included): the table's built-in entries and torch's own functions, methods and modules,
+    except the views that need contiguous memory (``view``, ``view_as``, ``as_strided``). A
+    user's op or module may assume contiguous memory, so it is not."""
+    if isinstance(op, nn.Module):
+        op = type(op)
+    if getattr(op, "__name__", "") in ("view", "view_as", "as_strided"):
+        return False
+    try:
+        if op in _BUILTIN_OPS:
+            return True
+    except TypeError:  # unhashable
+        return False
+    owner = getattr(op, "__module__", None) or getattr(op, "__objclass__", type(None)).__module__
+    return owner.split(".")[0] in ("torch", "_operator", "operator")
+
+
 def writes_input(op: Any) -> bool:
     """True for callables that write their first argument (``relu_``, ``x += y``, ...)."""
     if op in _INPLACE_OPERATORS:

@@ -13,7 +13,7 @@ from deconvnet_attr import DeconvProjection, NeuronDeconvolution, receptive_fiel
 from deconvnet_attr.geometry import GeometryError
 from deconvnet_attr.incremental import IncrementalForward
 from deconvnet_attr.intercept import apply_rule
-from deconvnet_attr.ops import OpKind, op_kind, register_op, unregister_op
+from deconvnet_attr.ops import OpKind, any_layout, op_kind, register_op, unregister_op
 from deconvnet_attr.rules import DECONVNET, GRADIENT, Rule
 
 
@@ -254,3 +254,25 @@ def test_neuron_deconvolution_changes_no_shared_state():
         torch.testing.assert_close(ours.attribute(x, selector), expected)
     assert vars(ours).keys() == before.keys()
     assert all(vars(ours)[k] is v for k, v in before.items())
+
+
+def test_any_layout_names_the_ops_that_take_channels_last_maps():
+    """torch's own ops and the table's built-ins compute the same on any memory layout, views
+    that need contiguous memory and anything of the user's (registered or not) may not --
+    checked on the ops themselves."""
+    x = torch.randn(2, 4, 3, 3).contiguous(memory_format=torch.channels_last)
+    for op in (F.relu, torch.Tensor.reshape, torch.flatten, nn.Conv2d(4, 4, 1), torch.cat):
+        assert any_layout(op)
+    with pytest.raises(RuntimeError):
+        x.view(2, -1)  # what view needs
+    assert not any_layout(torch.Tensor.view) and not any_layout(torch.Tensor.view_as)
+
+    def user_op(t: torch.Tensor) -> torch.Tensor:
+        return t.view(t.shape[0], -1)
+
+    assert not any_layout(user_op)
+    register_op(user_op, OpKind.LAYOUT)
+    try:
+        assert not any_layout(user_op)
+    finally:
+        unregister_op(user_op)

@@ -40,12 +40,14 @@ class IncrementalForward:
     With ``cost_model`` (the default), the plan's work on the first perturbed batch, counted dry
     before any of it runs (:func:`~deconvnet_attr.incremental.dry.dry_run`), decides
     (:func:`~deconvnet_attr.incremental.cost.estimate`, at torch's current thread count): when
-    full recomputation is estimated faster, that batch and all later ones go to ``fn`` --
-    Captum's own batched passes -- ``reason`` says so and ``stats`` hold the dry count;
-    ``estimate`` holds the verdict. When the caller says how many perturbed ``batches`` follow
-    (at least :data:`~deconvnet_attr.incremental.cost.TRIAL_BATCHES`), an estimate within the
-    model's error (:data:`~deconvnet_attr.incremental.cost.TRIAL`) is settled by measurement:
-    that batch runs the plan and the next one full recomputation, each timed, and the faster per
+    full recomputation is estimated faster, that batch and all later ones are recomputed whole
+    -- the plan's graph with its batch norms folded into the convolutions before them
+    (:mod:`~deconvnet_attr.incremental.fold`; ``fn`` itself if that fails) --, ``reason`` says
+    so and ``stats`` hold the dry count; ``estimate`` holds the verdict. When the caller says
+    how many perturbed ``batches`` follow (at least
+    :data:`~deconvnet_attr.incremental.cost.TRIAL_BATCHES`), an estimate within the model's
+    error (:data:`~deconvnet_attr.incremental.cost.TRIAL`) is settled by measurement: that
+    batch runs the plan and the next one full recomputation, each timed, and the faster per
     copy takes the rest (``estimate.measured``; ``stats`` then count the one incremental batch).
 
     A caller that knows where each sample changed (``deconvnet_attr.sweep``) may pass a 4-D input
@@ -70,6 +72,7 @@ class IncrementalForward:
         self.stats = RunStats()
         self.estimate: Estimate | None = None
         self._plan_seconds: float | None = None  # per copy, while the estimate is uncertain
+        self._failed = False  # an op surprised the executor: fn from here on
 
     @property
     def net(self) -> TracedNet | None:
@@ -83,7 +86,7 @@ class IncrementalForward:
 
     def __call__(self, *args: Any) -> Any:
         if self.reason is not None:
-            return self._plain(args)
+            return self._recompute(args) if self._full_chosen else self._plain(args)
         if self.plan is None:
             return self._start(args)
         batch = self.plan.batch_size(args)
@@ -91,10 +94,34 @@ class IncrementalForward:
             return self._plain(args)
         copies = batch // self.plan.examples
         if self.cost_model and self.estimate is None and not self._choose(args, copies):
-            return self._plain(args)
+            return self._recompute(args)
         if self.estimate is not None and self.estimate.uncertain:
             return self._trial(args, copies)
         return self._execute(args, copies)
+
+    @property
+    def _full_chosen(self) -> bool:
+        """Whether the cost model (not a failure) sent the batches to full recomputation."""
+        return not self._failed and self.estimate is not None and not self.estimate.chosen
+
+    def _recompute(self, args: tuple) -> Any:
+        """Full recomputation of a perturbed batch: the plan's graph (batch norms folded,
+        :mod:`~deconvnet_attr.incremental.fold`) run on whole maps, in calls of
+        :meth:`Plan.copies_per_call` copies; ``fn`` itself if that fails. ``stats`` are not
+        touched (they keep the dry count)."""
+        assert self.plan is not None
+        batch = self.plan.batch_size(args)
+        if batch is None:
+            return self._plain(args)
+        try:
+            with torch.no_grad():
+                executor = Executor(self.plan, RunStats(), full_fraction=0.0)
+                return executor.run(args, batch // self.plan.examples)
+        except Exception as error:  # an op behaved unlike its description: be safe, run fn
+            self._failed = True
+            self.reason = f"full recomputation failed ({type(error).__name__}: {error})"
+            logger.warning("%s; plain forward passes from here on", self.reason)
+            return self._plain(args)
 
     def _trial(self, args: tuple, copies: int) -> Any:
         """One timed batch on each path while the estimate is uncertain: the plan first, then
@@ -106,7 +133,9 @@ class IncrementalForward:
             if self.reason is None:  # the plan ran (a failure fell back to fn for good)
                 self._plan_seconds = (time.perf_counter() - start) / copies
             return result
-        result = self._plain(args)
+        result = self._recompute(args)
+        if self._failed:
+            return result
         full_seconds = (time.perf_counter() - start) / copies
         self.estimate = replace(self.estimate, measured=full_seconds / self._plan_seconds)
         if not self.estimate.chosen:
@@ -122,6 +151,7 @@ class IncrementalForward:
                 executor = Executor(self.plan, self.stats, self.full_fraction)
                 result = executor.run(args, copies)
         except Exception as error:  # an op behaved unlike its description: be safe, run fn
+            self._failed = True
             self.reason = f"incremental evaluation failed ({type(error).__name__}: {error})"
             logger.warning("%s; full recomputation from here on", self.reason)
             return self._plain(args)

@@ -15,8 +15,9 @@ from torch.fx.node import map_arg
 
 from deconvnet_attr.geometry import GeometryError, TracedNet, trace
 from deconvnet_attr.geometry.trace import may_write
+from deconvnet_attr.incremental.fold import fold_batch_norms
 from deconvnet_attr.incremental.patches import Patch, paste
-from deconvnet_attr.ops import OpKind, op_kind
+from deconvnet_attr.ops import OpKind, any_layout, op_kind
 
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
@@ -66,6 +67,9 @@ class Plan:
     peak_bytes: list[int] = field(default_factory=list)
     #: whether the output is per-example tensors (so a batch can be run in parts and joined)
     batched_output: bool = False
+    folded: set[Node] = field(default_factory=set)
+    #: the first position from which every node computes the same on channels-last maps
+    channels_last_from: int = 0
 
     def copies_per_call(self, copies: int, start: int = 0) -> int:
         """How many of ``copies`` perturbed copies one forward call of ``fn`` (or of its nodes
@@ -199,6 +203,28 @@ def _release(net: TracedNet) -> dict[Node, list[Node]]:
     return release
 
 
+def _channels_last_from(net: TracedNet, modules: dict[str, Any], folded: set[Node]) -> int:
+    """The first position from which every op is indifferent to the memory layout of its maps
+    (:func:`~deconvnet_attr.ops.any_layout`, folded convolutions; a ``view`` only of maps of one
+    position): from there whole maps may run channels-last. ``len(net.nodes)`` when the last op
+    is not."""
+    nodes = net.nodes
+    start = len(nodes)
+    for at in range(len(nodes) - 1, -1, -1):
+        node = nodes[at]
+        calls = node.op in ("call_module", "call_function", "call_method")
+        if calls and node in net.depends and node not in folded:
+            op = modules[str(node.target)] if node.op == "call_module" else _node_op(node)
+            if net.specs[node].kind != "meta" and not any_layout(op):
+                shape = net.shapes.get(node.all_input_nodes[0]) if node.all_input_nodes else None
+                if getattr(op, "__name__", "") not in ("view", "view_as") or (
+                    shape is not None and len(shape) == 4 and shape[-2] * shape[-1] != 1
+                ):
+                    break
+        start = at
+    return start
+
+
 def make_plan(fn: Callable[..., Any], args: tuple) -> Plan:
     """Trace ``fn`` on the unperturbed ``args`` and plan its incremental evaluation.
 
@@ -218,6 +244,8 @@ def make_plan(fn: Callable[..., Any], args: tuple) -> Plan:
     tensors = [a for a in args if isinstance(a, Tensor)]
     if not tensors:
         raise Ineligible("no tensor input")
+    modules: dict[str, Any] = dict(net.module.named_modules())
+    folded = fold_batch_norms(net, modules)
     macs = {
         node: net.values[node][0].numel() * net.specs[node].macs
         for node in net.nodes
@@ -234,7 +262,8 @@ def make_plan(fn: Callable[..., Any], args: tuple) -> Plan:
             else 0
         )
         peak[at] = max(own, peak[at + 1])
-    plan = Plan(net, args, examples, dict(net.module.named_modules()), _release(net), macs, peak)
+    plan = Plan(net, args, examples, modules, _release(net), macs, peak, folded=folded)
+    plan.channels_last_from = _channels_last_from(net, modules, folded)
     output = plan.reference_output()
     plan.batched_output = all(
         isinstance(o, Tensor) and o.dim() >= 1 and o.shape[0] == examples
