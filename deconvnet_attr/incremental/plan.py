@@ -67,9 +67,11 @@ class Plan:
     peak_bytes: list[int] = field(default_factory=list)
     #: whether the output is per-example tensors (so a batch can be run in parts and joined)
     batched_output: bool = False
+    #: the convolutions that also compute the batch norm after them (:mod:`.fold`)
     folded: set[Node] = field(default_factory=set)
     #: the first position from which every node computes the same on channels-last maps
-    channels_last_from: int = 0
+    #: (:func:`make_plan` finds it; the default: none)
+    channels_last_from: int = 2**62
 
     def copies_per_call(self, copies: int, start: int = 0) -> int:
         """How many of ``copies`` perturbed copies one forward call of ``fn`` (or of its nodes
@@ -203,6 +205,15 @@ def _release(net: TracedNet) -> dict[Node, list[Node]]:
     return release
 
 
+def _flat_view(node: Node, net: TracedNet) -> bool:
+    """A ``view`` of a vector batch or of maps of one position (the head's flatten): the same
+    in any memory layout."""
+    if getattr(_node_op(node), "__name__", "") not in ("view", "view_as"):
+        return False
+    shape = net.shapes.get(node.all_input_nodes[0]) if node.all_input_nodes else None
+    return shape is not None and (len(shape) <= 2 or (len(shape) == 4 and shape[-2:].numel() == 1))
+
+
 def _channels_last_from(net: TracedNet, modules: dict[str, Any], folded: set[Node]) -> int:
     """The first position from which every op is indifferent to the memory layout of its maps
     (:func:`~deconvnet_attr.ops.any_layout`, folded convolutions; a ``view`` only of maps of one
@@ -215,12 +226,8 @@ def _channels_last_from(net: TracedNet, modules: dict[str, Any], folded: set[Nod
         calls = node.op in ("call_module", "call_function", "call_method")
         if calls and node in net.depends and node not in folded:
             op = modules[str(node.target)] if node.op == "call_module" else _node_op(node)
-            if net.specs[node].kind != "meta" and not any_layout(op):
-                shape = net.shapes.get(node.all_input_nodes[0]) if node.all_input_nodes else None
-                if getattr(op, "__name__", "") not in ("view", "view_as") or (
-                    shape is not None and len(shape) == 4 and shape[-2] * shape[-1] != 1
-                ):
-                    break
+            if net.specs[node].kind != "meta" and not any_layout(op) and not _flat_view(node, net):
+                break
         start = at
     return start
 
@@ -262,8 +269,17 @@ def make_plan(fn: Callable[..., Any], args: tuple) -> Plan:
             else 0
         )
         peak[at] = max(own, peak[at + 1])
-    plan = Plan(net, args, examples, modules, _release(net), macs, peak, folded=folded)
-    plan.channels_last_from = _channels_last_from(net, modules, folded)
+    plan = Plan(
+        net,
+        args,
+        examples,
+        modules,
+        _release(net),
+        macs,
+        peak,
+        folded=folded,
+        channels_last_from=_channels_last_from(net, modules, folded),
+    )
     output = plan.reference_output()
     plan.batched_output = all(
         isinstance(o, Tensor) and o.dim() >= 1 and o.shape[0] == examples
