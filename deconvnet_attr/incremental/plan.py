@@ -211,7 +211,9 @@ def _flat_view(node: Node, net: TracedNet) -> bool:
     if getattr(_node_op(node), "__name__", "") not in ("view", "view_as"):
         return False
     shape = net.shapes.get(node.all_input_nodes[0]) if node.all_input_nodes else None
-    return shape is not None and (len(shape) <= 2 or (len(shape) == 4 and shape[-2:].numel() == 1))
+    return shape is not None and (
+        len(shape) <= 2 or (len(shape) == 4 and shape[-2] * shape[-1] == 1)
+    )
 
 
 def _channels_last_from(net: TracedNet, modules: dict[str, Any], folded: set[Node]) -> int:
