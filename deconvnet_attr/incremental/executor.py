@@ -101,9 +101,8 @@ class Executor:
                     return self._tail(at + 1, env, copies, per_call)
                 # whole values stay whole and Plan.peak_bytes only falls from here on
                 whole = per_call is not None
-            if whole and at + 1 >= self.plan.channels_last_from:
-                self._channels_last(env, (node,) if moved else list(env))
-                moved = True
+            if whole:
+                moved = self._channels_last(env, at + 1, node if moved else None)
         raise GeometryError("graph without output")  # fx graphs always end in an output node
 
     def _tail_copies(self, env: dict[Node, Any], copies: int, start: int) -> int | None:
@@ -116,17 +115,18 @@ class Executor:
                 return None
         return self.plan.copies_per_call(copies, start)
 
-    def _channels_last(self, env: dict[Node, Any], nodes: Any) -> None:
-        """Move the whole maps of ``nodes`` to channels-last memory (the graph from here on runs
-        on whole maps, and every op computes the same on them: ``Plan.channels_last_from``;
-        a reshape's output is moved too). Convolutions, batch norms, activations and pooling on
-        channels-last maps ran 1.0-1.3x faster in the zoo (MobileNet-v3, MixNet, RegNet,
-        Inception, EfficientNetV2 at 1 and 2 threads; ResNet-18, DenseNet, ShuffleNet: the
-        same within 3 %)."""
-        for node in nodes:
-            value = env.get(node)
-            if self._sliced(node) and isinstance(value, Tensor) and value.dim() == 4:
-                env[node] = value.contiguous(memory_format=torch.channels_last)
+    def _channels_last(self, env: dict[Node, Any], at: int, node: Node | None) -> bool:
+        """Before position ``at`` of a graph that runs on whole maps from here on: from
+        ``Plan.channels_last_from`` on, move the live maps (``node`` None) or ``node``'s new map
+        (a reshape's output) to channels-last memory, where convolutions and batch norms run
+        faster on CPU (docs/occlusion.md, step 4). Returns whether the maps are moved."""
+        if at < self.plan.channels_last_from:
+            return False
+        for n in list(env) if node is None else (node,):
+            value = env.get(n)
+            if self._sliced(n) and isinstance(value, Tensor) and value.dim() == 4:
+                env[n] = value.contiguous(memory_format=torch.channels_last)
+        return True
 
     def _tail(self, start: int, env: dict[Node, Any], copies: int, per_call: int) -> Any:
         """The nodes from ``start`` on, run on ``per_call`` copies at a time (as
@@ -138,11 +138,8 @@ class Executor:
             part = min(per_call, copies - first)
             rows = slice(first * examples, (first + part) * examples)
             sub = {n: v[rows] if self._sliced(n) else v for n, v in env.items()}
-            moved = False  # as in _run
+            moved = self._channels_last(sub, start, None)
             for at, node in enumerate(rest, start):
-                if not moved and at >= self.plan.channels_last_from:
-                    self._channels_last(sub, list(sub))
-                    moved = True
                 if node.op == "output":
                     parts.append(map_arg(node.args[0], partial(self._full, env=sub, copies=part)))
                     break
@@ -151,8 +148,7 @@ class Executor:
                 )
                 for used in self.plan.release.get(node, ()):
                     del sub[used]
-                if moved:
-                    self._channels_last(sub, (node,))
+                moved = self._channels_last(sub, at + 1, node if moved else None)
         return concat(parts)
 
     def _sliced(self, node: Node) -> bool:

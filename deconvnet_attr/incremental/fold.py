@@ -56,11 +56,9 @@ def _statistics(node: Node, modules: dict[str, Any], net: TracedNet) -> dict[str
     bound.apply_defaults()
     found = {}
     for name, arg in bound.arguments.items():
-        if isinstance(arg, Node):
-            if arg in net.depends or name == "input":
-                if name != "input":
-                    return None  # statistics computed from the input
-                continue
+        if isinstance(arg, Node) and name != "input":
+            if arg in net.depends:
+                return None  # statistics computed from the input
             arg = net.values.get(arg)
         found[name] = arg
     if found["training"] or not isinstance(found["running_mean"], Tensor):
