@@ -30,7 +30,7 @@ from deconvnet_attr.geometry.ops import (
 from deconvnet_attr.geometry.window import MERGE, META, POINTWISE, OpSpec, Shaped, Window
 from deconvnet_attr.ops import OpKind, op_kind
 
-__all__ = ["node_spec"]
+__all__ = ["batch_norm_args", "node_spec"]
 
 #: Tensor attributes that describe the layout, not the data.
 _META_ATTRIBUTES = frozenset({"shape", "ndim", "dtype", "device", "is_cuda", "layout"})
@@ -86,6 +86,12 @@ def _bind(signature_of: Callable[..., dict], node: Node, value: Callable[[Any], 
     bound = inspect.signature(signature_of).bind(*node.args, **node.kwargs)
     bound.apply_defaults()
     return {k: value(v) for k, v in bound.arguments.items()}
+
+
+def batch_norm_args(node: Node) -> dict[str, Any]:
+    """A traced ``F.batch_norm`` call's arguments by name (nodes as they are), defaults filled
+    in. Raises TypeError for a call that does not bind."""
+    return _bind(_batch_norm_args, node, lambda v: v)
 
 
 def _training(node: Node, default: bool) -> bool:

@@ -16,7 +16,6 @@ reference values stay those of the original run.
 
 from __future__ import annotations
 
-import inspect
 from functools import partial
 from typing import Any
 
@@ -28,7 +27,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from deconvnet_attr.geometry import TracedNet
 from deconvnet_attr.geometry.ops import conv_spec
-from deconvnet_attr.geometry.specs import _batch_norm_args
+from deconvnet_attr.geometry.specs import batch_norm_args
 
 __all__ = ["fold_batch_norms"]
 
@@ -50,12 +49,11 @@ def _statistics(node: Node, modules: dict[str, Any], net: TracedNet) -> dict[str
     if node.op != "call_function" or node.target is not F.batch_norm:
         return None
     try:
-        bound = inspect.signature(_batch_norm_args).bind(*node.args, **node.kwargs)
+        arguments = batch_norm_args(node)
     except TypeError:
         return None
-    bound.apply_defaults()
     found = {}
-    for name, arg in bound.arguments.items():
+    for name, arg in arguments.items():
         if isinstance(arg, Node) and name != "input":
             if arg in net.depends:
                 return None  # statistics computed from the input
