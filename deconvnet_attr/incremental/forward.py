@@ -42,7 +42,8 @@ class IncrementalForward:
     (:func:`~deconvnet_attr.incremental.cost.estimate`, at torch's current thread count): when
     full recomputation is estimated faster, that batch and all later ones are recomputed whole
     -- the plan's graph with its batch norms folded into the convolutions before them
-    (:mod:`~deconvnet_attr.incremental.fold`; ``fn`` itself if that fails) --, ``reason`` says
+    (:mod:`~deconvnet_attr.incremental.fold`), maps channels-last where every later op allows;
+    ``fn`` itself if that fails --, ``reason`` says
     so and ``stats`` hold the dry count; ``estimate`` holds the verdict. When the caller says
     how many perturbed ``batches`` follow (at least
     :data:`~deconvnet_attr.incremental.cost.TRIAL_BATCHES`), an estimate within the model's
@@ -106,22 +107,15 @@ class IncrementalForward:
 
     def _recompute(self, args: tuple) -> Any:
         """Full recomputation of a perturbed batch: the plan's graph (batch norms folded,
-        :mod:`~deconvnet_attr.incremental.fold`) run on whole maps, in calls of
-        :meth:`Plan.copies_per_call` copies; ``fn`` itself if that fails. ``stats`` are not
+        :mod:`~deconvnet_attr.incremental.fold`; channels-last maps) run on whole maps, in calls
+        of :meth:`Plan.copies_per_call` copies; ``fn`` itself if that fails. ``stats`` are not
         touched (they keep the dry count)."""
         assert self.plan is not None
         batch = self.plan.batch_size(args)
         if batch is None:
             return self._plain(args)
-        try:
-            with torch.no_grad():
-                executor = Executor(self.plan, RunStats(), full_fraction=0.0)
-                return executor.run(args, batch // self.plan.examples)
-        except Exception as error:  # an op behaved unlike its description: be safe, run fn
-            self._failed = True
-            self.reason = f"full recomputation failed ({type(error).__name__}: {error})"
-            logger.warning("%s; plain forward passes from here on", self.reason)
-            return self._plain(args)
+        copies = batch // self.plan.examples
+        return self._run_plan(args, copies, RunStats(), 0.0, "full recomputation")
 
     def _trial(self, args: tuple, copies: int) -> Any:
         """One timed batch on each path while the estimate is uncertain: the plan first, then
@@ -145,17 +139,24 @@ class IncrementalForward:
 
     def _execute(self, args: tuple, copies: int) -> Any:
         """The plan on one perturbed batch; ``fn`` from here on if an op surprises it."""
+        return self._run_plan(
+            args, copies, self.stats, self.full_fraction, "incremental evaluation"
+        )
+
+    def _run_plan(
+        self, args: tuple, copies: int, stats: RunStats, fraction: float, what: str
+    ) -> Any:
+        """The executor on one batch (counting into ``stats``); if an op behaves unlike its
+        description, ``fn`` for this batch and all later ones, and ``reason`` says why."""
         assert self.plan is not None
         try:
             with torch.no_grad():
-                executor = Executor(self.plan, self.stats, self.full_fraction)
-                result = executor.run(args, copies)
-        except Exception as error:  # an op behaved unlike its description: be safe, run fn
+                return Executor(self.plan, stats, fraction).run(args, copies)
+        except Exception as error:  # be safe: run fn
             self._failed = True
-            self.reason = f"incremental evaluation failed ({type(error).__name__}: {error})"
-            logger.warning("%s; full recomputation from here on", self.reason)
+            self.reason = f"{what} failed ({type(error).__name__}: {error})"
+            logger.warning("%s; plain forward passes from here on", self.reason)
             return self._plain(args)
-        return result
 
     def _plain(self, args: tuple) -> Any:
         """``fn`` itself on ``args`` (a :class:`Patch` among them pasted into its batch).
