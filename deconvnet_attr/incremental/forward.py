@@ -42,10 +42,10 @@ class IncrementalForward:
     (:func:`~deconvnet_attr.incremental.cost.estimate`, at torch's current thread count): when
     full recomputation is estimated faster, that batch and all later ones are recomputed whole
     -- the plan's graph with its batch norms folded into the convolutions before them
-    (:mod:`~deconvnet_attr.incremental.fold`), maps channels-last where every later op allows;
-    ``fn`` itself if that fails --, ``reason`` says
-    so and ``stats`` hold the dry count; ``estimate`` holds the verdict. When the caller says
-    how many perturbed ``batches`` follow (at least
+    (:mod:`~deconvnet_attr.incremental.fold`), maps channels-last where every later op
+    allows; ``fn`` itself if that fails --, ``reason`` says so and ``stats`` hold the dry
+    count; ``estimate`` holds the verdict. When the caller says how many perturbed
+    ``batches`` follow (at least
     :data:`~deconvnet_attr.incremental.cost.TRIAL_BATCHES`), an estimate within the model's
     error (:data:`~deconvnet_attr.incremental.cost.TRIAL`) is settled by measurement: that
     batch runs the plan and the next one full recomputation, each timed, and the faster per
